@@ -1,0 +1,1 @@
+"""vfm: video foundation models."""
