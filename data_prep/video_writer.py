@@ -31,6 +31,9 @@ def encode_video(
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    if codec == "libx265" and min(frames.shape[1:3]) < 64:
+        # libx265 corrupts the heap (a later, unrelated crash) on frames smaller than its 64 px block.
+        raise ValueError(f"libx265 needs frames of at least 64 x 64 pixels, got {frames.shape[2]} x {frames.shape[1]}")
     if isinstance(target, (str, Path)):
         container_format = container_format or _FORMATS.get(Path(target).suffix.lower())
         target = str(target)

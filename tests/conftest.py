@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny clips and shards made inside the tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from data_prep.video_writer import encode_video_bytes
+
+
+def numbered_frames(num_frames: int, height: int = 32, width: int = 48, seed: int = 0) -> np.ndarray:
+    """Frames whose blocky random content differs per frame, so any swapped frame is detected."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (num_frames, height // 8, width // 8, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)
+
+
+def write_shards(directory: Path, samples: list[dict], per_shard: int, prefix: str = "train") -> list[str]:
+    """Writes ``samples`` (webdataset dicts with ``__key__``) to tar shards and a make_shards-style stats.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names, entries = [], []
+    for start in range(0, len(samples), per_shard):
+        name = f"{prefix}-{start // per_shard:06d}.tar"
+        with wds.TarWriter(str(directory / name)) as sink:
+            for sample in samples[start : start + per_shard]:
+                sink.write(sample)
+        names.append(str(directory / name))
+        entries.append({"name": name, "split": prefix, "count": len(samples[start : start + per_shard])})
+    stats = {"written": len(samples), "skipped": {}, "shards": entries}
+    (directory / "stats.json").write_text(json.dumps(stats))
+    return names
+
+
+def clip_sample(index: int, num_frames: int = 12, caption: str | None = None, **meta) -> dict:
+    frames = numbered_frames(num_frames, seed=index)
+    meta = {"caption": caption if caption is not None else f"clip number {index}", **meta}
+    return {"__key__": f"{index:06d}", "mp4": encode_video_bytes(frames, fps=8), "json": json.dumps(meta).encode()}
+
+
+@pytest.fixture(scope="session")
+def clip_shards(tmp_path_factory) -> tuple[Path, int]:
+    """24 tiny clips in 6 training shards of 4, with labels and reverse captions."""
+    directory = tmp_path_factory.mktemp("shards")
+    samples = [
+        clip_sample(i, reverse_caption=f"reversed {i}", motion=["left", "right"][i % 2]) for i in range(24)
+    ]
+    write_shards(directory, samples, per_shard=4)
+    return directory, len(samples)

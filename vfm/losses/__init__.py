@@ -1,0 +1,19 @@
+"""Losses of the vfm recipes, one per file; no Lightning here."""
+
+from .contrastive import (
+    LogitScale,
+    VideoTextContrastiveLoss,
+    contrastive_targets,
+    gather_with_grad,
+    video_text_contrastive_loss,
+)
+from .mlm import masked_lm_loss
+
+__all__ = [
+    "LogitScale",
+    "VideoTextContrastiveLoss",
+    "contrastive_targets",
+    "gather_with_grad",
+    "masked_lm_loss",
+    "video_text_contrastive_loss",
+]
