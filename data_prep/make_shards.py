@@ -88,7 +88,6 @@ class ShardTask:
     max_duration: float | None
 
 
-
 def detect_format(columns: list[str], csv_path: Path) -> str:
     for name, required in FORMATS.items():
         if set(required) <= set(columns):
@@ -168,7 +167,6 @@ def plan_shards(rows: Iterable[Row], samples_per_shard: int,
         yield from _window_shards(split, pending[split], made[split], samples_per_shard, seed)
 
 
-
 def _check_text(row: Row) -> None:
     for field in ("caption", "label"):
         if field in row.text and not row.text[field].strip():
@@ -197,7 +195,6 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(payload), 0, 0o644  # fixed mtime: a redone shard is byte-identical
     tar.addfile(info, io.BytesIO(payload))
-
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -277,7 +274,6 @@ def _run(tasks: Iterator[ShardTask], workers: int) -> Iterator[dict]:
         yield from pool.imap_unordered(write_shard, tasks)
 
 
-
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -319,7 +315,6 @@ def _remove_stale(out_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-
 def aggregate(out_dir: Path, records: list[dict]) -> dict:
     """Write stats.json and skipped.csv (atomically) from the shard records."""
     skipped = sorted((entry for record in records for entry in record["skipped"]), key=lambda e: e["row"])
@@ -357,7 +352,6 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[dict], None]]
             progress.update(task_id, completed=done, rate=rate, **totals)
 
         yield update
-
 
 
 def make_shards(csv_path: str | Path, media_root: str | Path, out_dir: str | Path,

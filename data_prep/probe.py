@@ -22,6 +22,9 @@ from data_prep.video_writer import encode_video_bytes
 # Top-level box types that start an MP4/QuickTime file (old QuickTime files may not start with ftyp).
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"styp"}
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+# One thread (pool workers already fill the cores) and no mbtree: the same input then gives the same bytes,
+# so a shard redone after a crash is identical to the first attempt.
+_X264_REPEATABLE = {"threads": "1", "x264-params": "mbtree=0"}
 
 
 class Skip(Exception):  # noqa: N818 - it is an outcome, not an error of the program
@@ -266,6 +269,7 @@ def reencode_video(data: bytes, info: dict, short_side: int | None, max_duration
                 if max_duration is not None and frame.time is not None and frame.time - start >= max_duration:
                     break
                 frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-        return encode_video_bytes(np.stack(frames), fps=info["fps"] or 25.0, codec="libx264", suffix=".mp4")
+        return encode_video_bytes(np.stack(frames), fps=info["fps"] or 25.0, codec="libx264", suffix=".mp4",
+                                  options=_X264_REPEATABLE)
     except Exception as error:
         raise Skip("reencode_failed", _describe(error)) from None

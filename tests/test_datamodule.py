@@ -78,10 +78,10 @@ def test_same_seed_same_stream_and_resume_gives_a_fresh_one(clip_shards):
 
 def test_resampling_visits_samples_about_equally(clip_shards):
     directory, total = clip_shards
-    dm = make_datamodule(directory, samples_per_epoch=2400, num_frames=1, image_size=16)
+    dm = make_datamodule(directory, samples_per_epoch=1200, num_frames=1, image_size=16)
     counts = collections.Counter(k for b in dm.train_dataloader() for k in b["key"])
     assert len(counts) == total
-    assert min(counts.values()) > 40 and max(counts.values()) < 170  # 100 expected each
+    assert min(counts.values()) > 20 and max(counts.values()) < 90  # 50 expected each
 
 
 def test_validation_visits_every_sample_once_across_ranks_and_workers(clip_shards):

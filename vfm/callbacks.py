@@ -14,7 +14,9 @@ class DataHealth(L.Callback):
     def __init__(self) -> None:
         self.skipped = 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if isinstance(batch, dict) and isinstance(batch.get("num_failed"), torch.Tensor):
             self.skipped += int(batch["num_failed"])
             pl_module.log("data/skipped_samples", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="sum")

@@ -7,27 +7,37 @@ Overlays stack: ``--config configs/post_pretrain.yaml --config configs/demo/post
 from __future__ import annotations
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from vfm.callbacks import DataHealth
 from vfm.data.datamodule import VideoTextDataModule
-
-TRAINER_DEFAULTS = {
-    "default_root_dir": "outputs/runs",
-    "logger": [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "outputs/runs"}},
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "outputs/runs"}},
-    ],
-    "callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-        {"class_path": "vfm.callbacks.DataHealth"},
-    ],
-}
 
 
 class VFMCLI(LightningCLI):
-    """LightningCLI with vfm's datamodule fixed and the recipe chosen by ``model.class_path``."""
+    """LightningCLI with vfm's datamodule fixed and the recipe chosen by ``model.class_path``.
+
+    Every run has a rich progress bar, step-wise learning-rate logging, checkpoints (``last.ckpt``
+    always) and data-health logging; configure them under ``progress_bar``, ``lr_monitor``,
+    ``checkpoint`` and ``data_health``.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(DataHealth, "data_health")
+        parser.set_defaults({"trainer.default_root_dir": "outputs/runs"})
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # `logger: true` (Lightning's default) means both CSV and TensorBoard logs under default_root_dir.
+        if config.get("logger") in (True, None):
+            root = config.get("default_root_dir") or "outputs/runs"
+            config["logger"] = [CSVLogger(save_dir=root), TensorBoardLogger(save_dir=root)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> VFMCLI:
@@ -36,7 +46,6 @@ def main(args: list[str] | None = None, run: bool = True) -> VFMCLI:
         datamodule_class=VideoTextDataModule,
         subclass_mode_model=True,
         seed_everything_default=0,
-        trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

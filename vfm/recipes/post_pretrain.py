@@ -1,0 +1,109 @@
+"""Recipe 1: post-pretraining an image CLIP into a video model with random patch dropping and text
+masking (arXiv 2310.19554; ViCLIP fixes the parts the paper leaves open).
+
+Losses: video-text contrastive (all-gathered) + masked language modelling through a light cross-modal
+fusion module in which masked text tokens attend to the video tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from vfm.losses import VideoTextContrastiveLoss, masked_lm_loss
+from vfm.models import CrossModalFusion, create_towers, mask_text_tokens
+from vfm.recipes.base import VideoTextRecipe, caption_ids
+
+
+class PostPretrain(VideoTextRecipe):
+    """CLIP -> video CLIP with patch dropping (``drop_ratio``) and text masking (``text_mask_prob``).
+
+    Args:
+        model: open_clip architecture name (``ViT-B-16``; ``vit-tiny-test`` for tests) or config dict.
+        pretrained: local open_clip checkpoint file; None trains from random towers (with a warning).
+        num_frames: frames the temporal embedding is stored for (others are interpolated).
+        drop_ratio, drop_mode: fraction of patch tokens dropped in training; ``random`` or ``tube``.
+        pool: video pooling, ``cls`` (CLIP) or ``mean``.
+        text_mask_prob: BERT-style masking probability of the caption for the MLM loss.
+        vtc_weight, mlm_weight: loss weights (mlm_weight 0 skips the fusion module's work).
+        fusion_layers, fusion_heads: size of the cross-modal fusion module.
+        unmasked_fraction: the last fraction of steps trains with no patch dropping (the paper's short
+            unmasked tune that closes the train/test gap).
+        reverse_negatives: fraction of each batch appended again played backwards with its time-reversed
+            caption (needs ``reverse_caption`` in the shards): hard negatives for the order of events.
+        grad_checkpointing: recompute block activations in backward (less memory, more compute).
+    """
+
+    def __init__(
+        self,
+        model: str = "ViT-B-16",
+        pretrained: str | None = None,
+        num_frames: int = 8,
+        drop_ratio: float = 0.9,
+        drop_mode: Literal["random", "tube"] = "random",
+        pool: Literal["cls", "mean"] = "cls",
+        text_mask_prob: float = 0.5,
+        vtc_weight: float = 1.0,
+        mlm_weight: float = 1.0,
+        fusion_layers: int = 2,
+        fusion_heads: int = 8,
+        unmasked_fraction: float = 0.0,
+        reverse_negatives: float = 0.0,
+        grad_checkpointing: bool = False,
+        lr: float = 4e-4,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        temporal_eval: bool = True,
+    ) -> None:
+        super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval)
+        self.save_hyperparameters()
+        self.video, self.text = create_towers(
+            model, pretrained, num_frames=num_frames, drop_ratio=drop_ratio, drop_mode=drop_mode, pool=pool
+        )
+        self.vtc = VideoTextContrastiveLoss()
+        self.fusion = (
+            CrossModalFusion(self.text.token_embedding, self.video.width, fusion_layers, fusion_heads)
+            if mlm_weight > 0
+            else None
+        )
+        if grad_checkpointing:
+            self.video.set_grad_checkpointing(True)
+            self.text.set_grad_checkpointing(True)
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        return self.video(video)
+
+    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(text).embedding
+
+    def _with_reversed_clips(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        video, text, text_mask, captions = batch["video"], batch["text"], batch["text_mask"], batch["caption"]
+        count = round(self.hparams.reverse_negatives * video.shape[0])
+        if count == 0 or "reverse_text" not in batch:
+            return video, text, text_mask, captions
+        video = torch.cat([video, video[:count].flip(1)])
+        text = torch.cat([text, batch["reverse_text"][:count]])
+        text_mask = torch.cat([text_mask, batch["reverse_text_mask"][:count]])
+        # A reversed clip's caption is its own: mark it distinct even if the text repeats elsewhere.
+        return video, text, text_mask, captions + [f"\x00reversed\x00{c}" for c in captions[:count]]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        self.video.drop_ratio = 0.0 if self.training_progress() >= 1 - h.unmasked_fraction else h.drop_ratio
+        video, text, text_mask, captions = self._with_reversed_clips(batch)
+        tokens = self.video.forward_features(video)
+        vtc = self.vtc(self.video.forward_head(tokens), self.text(text).embedding, caption_ids(captions, text.device))
+        loss = h.vtc_weight * vtc
+        logs = {"train/vtc": vtc, "train/temperature": 1 / self.vtc.logit_scale().detach()}
+        if self.fusion is not None:
+            masked, labels = mask_text_tokens(text, text_mask, h.text_mask_prob)
+            fused = self.fusion(self.text(masked).tokens, tokens, text_mask)
+            mlm = masked_lm_loss(self.fusion.mlm_logits(fused, labels), labels)
+            loss = loss + h.mlm_weight * mlm
+            logs["train/mlm"] = mlm
+        logs["train/loss"] = loss
+        self.log_dict(logs, prog_bar=True, batch_size=video.shape[0])
+        return loss
