@@ -36,7 +36,8 @@ class VFMCLI(LightningCLI):
         # `logger: true` (Lightning's default) means both CSV and TensorBoard logs under default_root_dir.
         if config.get("logger") in (True, None):
             root = config.get("default_root_dir") or "outputs/runs"
-            config["logger"] = [CSVLogger(save_dir=root), TensorBoardLogger(save_dir=root)]
+            csv = CSVLogger(save_dir=root)
+            config["logger"] = [csv, TensorBoardLogger(save_dir=root, version=csv.version)]
         return super()._instantiate_trainer(config, callbacks)
 
 
