@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from data_prep.video_writer import encode_video
@@ -72,9 +73,6 @@ def heldout(seed: int) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]
     return {VALID_TRIPLES[i] for i in triples}, {PAIRS[i] for i in pairs}
 
 
-# ---- captions -----------------------------------------------------------------------------------------
-
-
 def describe(events: list[dict], style: tuple[int, bool]) -> str:
     """Caption of an event chain; ``style`` is (template index, always use "the")."""
     template, definite = style
@@ -83,7 +81,8 @@ def describe(events: list[dict], style: tuple[int, bool]) -> str:
     for event in events:
         article = "the" if definite or event["object"] in seen else _indefinite(event["colour"])
         seen.add(event["object"])  # "a" on first mention, "the" after
-        clauses.append(f"{article} {event['colour']} {event['shape']} {VERBS[event['motion']][event['synonym']]}")
+        verb = VERBS[event["motion"]][event["synonym"]]
+        clauses.append(f"{article} {event['colour']} {event['shape']} {verb}")
     if len(clauses) == 1:
         return ONE_EVENT[template % len(ONE_EVENT)].format(clauses[0])
     first, middle, last = CHAINS[template % len(CHAINS)]
@@ -118,9 +117,7 @@ def swap_events(rng: np.random.Generator, events: list[dict]) -> list[dict] | No
     return swapped
 
 
-# ---- scene planning: a state is [x, y, radius, angle in degrees (clockwise), alpha] -----------------
-
-
+# A state is [x, y, radius, angle in degrees (clockwise on screen), alpha]; x, y are fractions of the frame.
 def _bounds(shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Centre limits per axis (x, y) that keep even the largest object inside the frame."""
     margin = 1.2 * R_MAX * min(shape_hw) / np.array([shape_hw[1], shape_hw[0]])  # triangle tips: 1.15 radii
@@ -266,9 +263,6 @@ def best_scene(rng: np.random.Generator, num_frames: int, attempts: int = 8, **k
     return best
 
 
-# ---- rendering ----------------------------------------------------------------------------------------
-
-
 def _distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Normalised distance: below 1 inside the shape of radius 1 (v points down, vertices point up)."""
     if shape == "circle":
@@ -278,29 +272,36 @@ def _distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "triangle":  # edge normals at -30, 90 and 210 degrees, apothem 0.5 of the circumradius
         normals = np.deg2rad([-30.0, 90.0, 210.0])
         return np.max([u * np.cos(a) + v * np.sin(a) for a in normals], axis=0) / 0.5 / 1.15
-    theta = np.arctan2(v, u) + np.pi / 2  # star: radius zigzags between 0.45 and 1 over five points
-    spike = np.abs((theta * 5 / (2 * np.pi)) % 1.0 - 0.5) * 2
-    return np.hypot(u, v) / (0.45 + 0.55 * spike)
+    # Star: straight edges from each tip (radius 1) to the next valley (radius 0.45, 36 degrees on).
+    half, valley = np.deg2rad(36.0), 0.45
+    off_tip = half - np.abs((np.arctan2(v, u) + np.pi / 2) % (2 * half) - half)  # angle to the nearest tip
+    edge = valley * np.sin(half) / (np.cos(off_tip) * valley * np.sin(half)
+                                    - np.sin(off_tip) * (valley * np.cos(half) - 1))
+    return np.hypot(u, v) / edge
 
 
-def render(tracks: np.ndarray, objects: list[tuple[str, str]], background: np.ndarray) -> np.ndarray:
-    """Frames [T, H, W, 3] uint8 of the objects' tracks drawn over ``background`` (float [H, W, 3])."""
-    height, width = background.shape[:2]
-    out = np.empty((tracks.shape[1], height, width, 3), np.uint8)
-    for t in range(tracks.shape[1]):
-        if t and np.array_equal(tracks[:, t], tracks[:, t - 1]):  # most frames of a chain are still
+def render(tracks: np.ndarray, objects: list[tuple[str, str]], background: np.ndarray,
+           pan: int = 0) -> np.ndarray:
+    """Frames [T, H, W, 3] uint8 of the objects' tracks drawn over ``background`` ([H, W, 3] uint8).
+
+    ``pan`` > 0 slides a background wider by ``pan * (T - 1)`` pixels by that much per frame.
+    """
+    num_frames, height = tracks.shape[1], background.shape[0]
+    width = background.shape[1] - pan * (num_frames - 1)
+    out = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        if t and not pan and np.array_equal(tracks[:, t], tracks[:, t - 1]):  # most frames are still
             out[t] = out[t - 1]
             continue
-        frame = background.copy()
+        out[t] = background[:, pan * t:pan * t + width]
         for (colour, shape), state in zip(objects, tracks[:, t]):
             if state[4] > 0:
-                _draw(frame, shape, np.array(COLOURS[colour], np.float32), state)
-        out[t] = np.clip(frame + 0.5, 0, 255)
+                _draw(out[t], shape, np.array(COLOURS[colour], np.float32), state)
     return out
 
 
 def _draw(frame: np.ndarray, shape: str, colour: np.ndarray, state: np.ndarray) -> None:
-    """Blend one antialiased shape into ``frame`` in place, computing only its bounding box."""
+    """Blend one antialiased shape into ``frame`` (uint8) in place, computing only its bounding box."""
     height, width = frame.shape[:2]
     x, y, radius, angle, alpha = state
     x, y, pixels = x * width, y * height, max(radius * min(height, width), 1e-3)
@@ -313,18 +314,18 @@ def _draw(frame: np.ndarray, shape: str, colour: np.ndarray, state: np.ndarray) 
     # Sampling the shape at coordinates rotated by -angle turns it clockwise on screen (y points down).
     distance = _distance(shape, cos * dx + sin * dy, cos * dy - sin * dx)
     cover = np.clip((1 - distance) * pixels + 0.5, 0, 1) * alpha
-    region = frame[y0:y1, x0:x1]
-    region += cover[..., None] * (colour - region)
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    frame[y0:y1, x0:x1] = np.clip(region + cover[..., None] * (colour - region) + 0.5, 0, 255)
 
 
 def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A muted, low-contrast texture (noise, stripes, checker or gradient) so saturated objects stand out."""
-    ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
+    ys, xs = np.mgrid[0:height, 0:width] / min(height, width)  # scales follow the short side
     angle = rng.uniform(0, np.pi)
     along = xs * np.cos(angle) + ys * np.sin(angle)
     kind = rng.integers(4)
     if kind == 0:
-        coarse = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8))
+        coarse = Image.fromarray((rng.random((6, -(-6 * width // height))) * 255).astype(np.uint8))
         pattern = np.asarray(coarse.resize((width, height), Image.BILINEAR)) / 255.0
     elif kind == 1:
         pattern = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 8) * along)
@@ -335,10 +336,8 @@ def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         pattern = (along - along.min()) / np.ptp(along)
     base = rng.uniform(70, 170) + rng.uniform(-15, 15, 3)
     grain = rng.normal(0, 3, (height, width, 1))
-    return (base + rng.uniform(15, 35) * (pattern[..., None] - 0.5) + grain).astype(np.float32)
-
-
-# ---- items --------------------------------------------------------------------------------------------
+    texture = base + rng.uniform(15, 35) * (pattern[..., None] - 0.5) + grain
+    return np.clip(texture + 0.5, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -350,23 +349,31 @@ class _Config:
     gop: int | None
 
 
+def _video_format(rng: np.random.Generator, kind: str, config: _Config) -> tuple[int, int, tuple[int, int]]:
+    """(fps, seconds, (height, width)) of one video of ``kind``."""
+    if kind == "long":
+        return int(rng.choice([1, 2])), int(rng.integers(60, 241)), (config.long_size, config.long_size)
+    if kind == "clips":
+        return 8, int(rng.integers(3, 5)), (config.size, config.size)
+    return 25, int(rng.integers(10, 21)), (336, 596)  # webvid: WebVid's usual 596x336
+
+
 def _video_item(config: _Config, kind: str, split: str, index: int) -> dict:
     subset = SUBSETS[f"{kind}/{split}"]
     rng = np.random.default_rng([config.seed, subset, index])
-    held = heldout(config.seed)[0]
-    if kind == "long":
-        fps, seconds, shape_hw = int(rng.choice([1, 2])), int(rng.integers(60, 241)), (config.long_size,) * 2
-        num_objects = int(rng.integers(2, 4))
-        num_events = int(rng.integers(4, min(12, fps * seconds // 6) + 1))
-    else:
-        fps, seconds = (8, int(rng.integers(3, 5))) if kind == "clips" else (25, int(rng.integers(10, 21)))
-        shape_hw = (config.size,) * 2 if kind == "clips" else (336, 596)
-        num_objects = num_events = 1 + int(rng.random() < 0.5)
+    fps, seconds, shape_hw = _video_format(rng, kind, config)
     num_frames = fps * seconds
-    scene = best_scene(rng, num_frames, num_objects=num_objects, num_events=num_events, held=held,
-                       val=split == "val", shape_hw=shape_hw, min_move=0.35 if kind == "long" else 0.45,
-                       sequential=kind != "long")
-    frames = render(scene_tracks(scene, num_frames), scene["objects"], background(rng, *shape_hw))
+    if kind == "long":  # at least 6 frames per event, so every motion spans several frames
+        num_objects, num_events = int(rng.integers(2, 4)), int(rng.integers(4, min(12, num_frames // 6) + 1))
+    else:
+        num_objects = num_events = 1 + int(rng.random() < 0.5)
+    scene = best_scene(rng, num_frames, num_objects=num_objects, num_events=num_events,
+                       held=heldout(config.seed)[0], val=split == "val", shape_hw=shape_hw,
+                       min_move=0.4 if kind == "long" else 0.45, sequential=kind != "long")
+    # WebVid-like clips pan over their background, so that every frame costs the decoder as in real footage.
+    pan = int(kind == "webvid")
+    texture = background(rng, shape_hw[0], shape_hw[1] + pan * (num_frames - 1))
+    frames = render(scene_tracks(scene, num_frames), scene["objects"], texture, pan)
     videoid, page_dir = f"{subset}{index:07d}", f"{kind}-{split}_{index // 1000:03d}"
     path = Path(config.out_dir) / "videos" / page_dir / f"{videoid}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,9 +419,6 @@ def _run_chunk(task: tuple) -> tuple[int, list[dict]]:
     return position, [item(config, kind, split, index) for index in range(start, stop)]
 
 
-# ---- corpus -------------------------------------------------------------------------------------------
-
-
 def make_corpus(out_dir: str | Path, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
                 num_long: int = 200, num_long_val: int = 40, num_images: int = 2000, num_image_val: int = 128,
                 size: int = 96, long_size: int = 64, workers: int = 2, webvid_like: bool = False,
@@ -439,7 +443,8 @@ def make_corpus(out_dir: str | Path, seed: int = 0, num_train: int | None = None
     tasks = [(kind, split, start, min(start + chunk[kind], total)) for kind in counts
              for split, total in counts[kind].items() for start in range(0, total, chunk[kind])]
     config = _Config(str(out), seed, size, long_size, gop)
-    jobs = [(i, config, "webvid" if webvid_like else kind, split, a, b) for i, (kind, split, a, b) in enumerate(tasks)]
+    jobs = [(i, config, "webvid" if webvid_like else kind, split, first, stop)
+            for i, (kind, split, first, stop) in enumerate(tasks)]
     results = _run(jobs, workers, {kind: sum(c.values()) for kind, c in counts.items()}, progress)
     paths = {}
     for kind, columns in (("clips", VIDEO_COLUMNS), ("long", LONG_COLUMNS), ("images", IMAGE_COLUMNS)):
@@ -459,7 +464,7 @@ def _run(jobs: list[tuple], workers: int, totals: dict[str, int], show: bool) ->
     # spawn, not fork: the caller may hold threads (rich's refresher, torch) that a fork would copy badly.
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
-        with Progress(*columns, disable=not show) as bar:
+        with Progress(*columns, console=Console(stderr=True), disable=not show) as bar:
             bars = {kind: bar.add_task(kind, total=total) for kind, total in totals.items()}
             for position, rows in pool.imap_unordered(_run_chunk, jobs) if pool else map(_run_chunk, jobs):
                 results[position] = rows
@@ -485,8 +490,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=None, help="default 2000 (64 with --webvid-like)")
     parser.add_argument("--num-val", type=int, default=None, help="default 256 (16 with --webvid-like)")
-    for name, default in (("num-long", 200), ("num-long-val", 40), ("num-images", 2000), ("num-image-val", 128),
-                          ("size", 96), ("long-size", 64), ("workers", 2)):
+    for name, default in (("num-long", 200), ("num-long-val", 40), ("num-images", 2000),
+                          ("num-image-val", 128), ("size", 96), ("long-size", 64), ("workers", 2)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--webvid-like", action="store_true", help="only 596x336 25 fps 10-20 s clips")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
