@@ -142,3 +142,14 @@ def test_vtc_under_two_rank_ddp_equals_single_process_whole_batch(tmp_path):
         torch.testing.assert_close(result["video_grad"] / WORLD_SIZE, video.grad[rows])
         torch.testing.assert_close(result["text_grad"] / WORLD_SIZE, text.grad[rows])
         torch.testing.assert_close(result["weight_grad"], linear.weight.grad)
+
+
+def test_vtc_is_computed_in_fp32_under_autocast():
+    video, text, ids = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = video_text_contrastive_loss(video.bfloat16(), text.bfloat16(), torch.tensor(100.0), ids)
+    assert loss.dtype == torch.float32
+    expected = video_text_contrastive_loss(
+        video.bfloat16().float(), text.bfloat16().float(), torch.tensor(100.0), ids
+    )
+    torch.testing.assert_close(loss, expected)

@@ -52,7 +52,7 @@ def test_samplers_are_deterministic_given_a_generator():
 def test_weighted_sampling_keeps_per_frame_counts_and_follows_weights():
     weights = torch.zeros(64, 3, 10)
     weights[..., :4] = 1.0  # only 4 positions of each frame carry weight
-    keep = weighted_keep_indices(weights, keep_ratio=0.3, generator=torch.Generator().manual_seed(0))
+    keep = weighted_keep_indices(weights, drop_ratio=0.7, generator=torch.Generator().manual_seed(0))
     assert keep.shape == (64, 9)
     assert ((keep.view(64, 3, 3) // 10) == torch.arange(3)[None, :, None]).all()
     assert ((keep % 10) < 4).all()  # zero-weight patches are never drawn while weighted ones remain
@@ -60,7 +60,7 @@ def test_weighted_sampling_keeps_per_frame_counts_and_follows_weights():
 
 def test_weighted_sampling_is_proportional():
     weights = torch.tensor([8.0, 1.0, 1.0]).expand(20000, 1, 3)
-    keep = weighted_keep_indices(weights, keep_ratio=1 / 3, generator=torch.Generator().manual_seed(0))
+    keep = weighted_keep_indices(weights, drop_ratio=2 / 3, generator=torch.Generator().manual_seed(0))
     frequency = torch.bincount(keep.flatten(), minlength=3).float() / keep.numel()
     torch.testing.assert_close(frequency, torch.tensor([0.8, 0.1, 0.1]), atol=0.015, rtol=0)
 

@@ -188,3 +188,14 @@ def test_missing_pretrained_warns_and_foreign_file_fails_loudly(tmp_path):
         create_video_vit(MODEL, pretrained=path)
     with pytest.raises(FileNotFoundError):
         load_weights(torch.nn.Linear(2, 2), tmp_path / "absent.bin")
+
+
+@pytest.mark.parametrize(
+    "options", [{"cls_key_bias": True}, {"attention": "factorized"}], ids=["joint", "fact"]
+)
+def test_bf16_autocast_training_step(clip, options):
+    video_vit = VideoViT.from_open_clip(clip.visual, drop_ratio=0.5, drop_mode="tube", **options).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding = video_vit(torch.randn(2, 4, 3, 32, 32))
+    embedding.float().square().mean().backward()
+    assert embedding.shape == (2, 32) and torch.isfinite(video_vit.conv1.weight.grad).all()

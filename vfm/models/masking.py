@@ -59,18 +59,19 @@ def tube_keep_indices(
 
 def weighted_keep_indices(
     weights: torch.Tensor,
-    keep_ratio: float,
+    drop_ratio: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per frame, keep patches sampled without replacement in proportion to `weights` [B, T, N].
 
-    The attention-guided masking of UMT: `weights` is the teacher's CLS-to-patch attention. Gumbel top-k
-    (top-k of log w + Gumbel noise) draws the same distribution as successive `torch.multinomial` draws
-    without replacement, for the whole batch at once. Every frame keeps the same count, so the result also
-    suits frame-wise and factorised attention. Zero weights are never kept while positive ones remain.
+    The attention-guided masking of UMT (drop_ratio 0.8): `weights` is the teacher's CLS-to-patch attention,
+    e.g. `VideoViT.last_cls_attention`. Gumbel top-k (top-k of log w + Gumbel noise) draws the same
+    distribution as successive `torch.multinomial` draws without replacement, for the whole batch at once.
+    Every frame keeps the same count, so the result also suits frame-wise and factorised attention. Zero
+    weights are never kept while positive ones remain.
     """
     batch, frames, patches = weights.shape
-    keep = max(1, round(patches * keep_ratio))
+    keep = num_kept(patches, drop_ratio)
     uniform = _uniform(tuple(weights.shape), generator, weights.device).clamp_(1e-20, 1.0)
     gumbel = -torch.log(-torch.log(uniform))
     scores = torch.log(weights.float().clamp_min(0)) + gumbel

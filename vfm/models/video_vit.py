@@ -45,6 +45,18 @@ class VideoViT(nn.Module):
     Follows timm's backbone API: `forward_features`, `forward_intermediates`, `forward_head`,
     `set_grad_checkpointing`, `no_weight_decay`. `drop_ratio` > 0 drops patch tokens in training when no
     `keep` indices are given; passing `keep` (any mode) overrides it, e.g. attention-guided indices.
+
+    Args:
+        num_frames: frames the temporal embedding is stored for; other counts are interpolated.
+        cls_token: prepend a CLS token (CLIP); the UMT student has none and pools by mean.
+        pos_embed: `learned` (CLIP's spatial + zero-init temporal) or fixed 3D `sincos` (from scratch).
+        pool: `cls` token or `mean` of patch tokens, followed by CLIP's `ln_post` and `proj`.
+        attention: `joint` space-time, `factorized` (spatial then gated temporal) or `frame` (per-frame ViT,
+            CLS averaged over frames at the end).
+        cls_key_bias: joint attention only: weigh the CLS key as T copies (see `_cls_key_bias`).
+        drop_path_rate: stochastic depth at the last block (linear in depth).
+        drop_ratio: fraction of patch tokens dropped in training when `keep` is not given.
+        drop_mode: `random` (per sample) or `tube` (same positions in every frame).
     """
 
     def __init__(
@@ -78,7 +90,9 @@ class VideoViT(nn.Module):
         if attention not in ("joint", "factorized", "frame") or pos_embed not in ("learned", "sincos"):
             raise ValueError(f"unknown attention={attention!r} or pos_embed={pos_embed!r}")
         if attention != "joint" and drop_ratio > 0 and drop_mode == "random":
-            raise ValueError(f"{attention} attention needs the same kept tokens per frame: use drop_mode='tube'")
+            raise ValueError(
+                f"{attention} attention needs the same kept tokens per frame: use drop_mode='tube'"
+            )
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.patch_size = patch_size
         self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
@@ -100,21 +114,12 @@ class VideoViT(nn.Module):
         self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if ln_pre else nn.Identity()
         rates = torch.linspace(0, drop_path_rate, layers).tolist()
         act_layer = QuickGELU if quick_gelu else nn.GELU
-        self.transformer = Transformer(
-            [
-                Block(
-                    width,
-                    heads,
-                    mlp_ratio,
-                    ls_init_value,
-                    act_layer,
-                    norm_eps,
-                    rate,
-                    attention == "factorized",
-                )
-                for rate in rates
-            ]
-        )
+        factorized = attention == "factorized"
+        blocks = [
+            Block(width, heads, mlp_ratio, ls_init_value, act_layer, norm_eps, rate, factorized)
+            for rate in rates
+        ]
+        self.transformer = Transformer(blocks)
         self.ln_post = nn.LayerNorm(width, eps=norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if output_dim else None
         self.apply(_init_weights)
@@ -133,7 +138,8 @@ class VideoViT(nn.Module):
         self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        return {"positional_embedding", "class_embedding", "temporal_embedding"}
+        names = ("positional_embedding", "class_embedding", "temporal_embedding")
+        return {name for name in names if getattr(self, name, None) is not None}
 
     # ---------------------------------------------------------------- embedding and dropping
     def _position_embeddings(self, num_frames: int, grid: tuple[int, int], ref: torch.Tensor):
@@ -147,9 +153,8 @@ class VideoViT(nn.Module):
         )[0]
         temporal = self.temporal_embedding
         if num_frames != temporal.shape[0]:
-            temporal = F.interpolate(temporal.T[None], size=num_frames, mode="linear", align_corners=False)[
-                0
-            ].T
+            resampled = F.interpolate(temporal.T[None], size=num_frames, mode="linear", align_corners=False)
+            temporal = resampled[0].T
         prefix = self.num_prefix_tokens
         return pos[:prefix].to(ref), pos[prefix:].to(ref), temporal.to(ref)
 
@@ -168,7 +173,9 @@ class VideoViT(nn.Module):
         cls_pos, spatial, temporal = self._position_embeddings(frames, grid, x)
         x = (x + spatial[None, None] + temporal[None, :, None]).flatten(1, 2)
         if keep is None and sample and self.training and self.drop_ratio > 0:
-            keep = sample_keep_indices(self.drop_mode, batch, frames, patches, self.drop_ratio, device=x.device)
+            keep = sample_keep_indices(
+                self.drop_mode, batch, frames, patches, self.drop_ratio, device=x.device
+            )
         if keep is not None:
             if self.attention != "joint":
                 per_frame_count(keep, frames, patches)
