@@ -8,7 +8,14 @@ import open_clip
 import pytest
 import torch
 
-from vfm.models import VideoViT, create_video_vit, load_weights, read_state_dict, tube_keep_indices
+from vfm.models import (
+    VideoViT,
+    create_towers,
+    create_video_vit,
+    load_weights,
+    read_state_dict,
+    tube_keep_indices,
+)
 from vfm.models.factory import create_clip
 
 MODEL = "vit-tiny-test"  # 32 px, patch 8 (16 patches), width 64, 2 layers
@@ -159,23 +166,33 @@ def test_last_cls_attention_is_a_distribution_per_frame(clip):
     assert (weights > 0).all() and (weights.sum(-1) < 1).all()
 
 
-@pytest.mark.parametrize("wrapper", ["plain", "state_dict", "model"])
-@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
-def test_loads_local_open_clip_checkpoint(tmp_path, clip, wrapper, suffix):
+@pytest.mark.parametrize(
+    ("suffix", "wrapper"),
+    [
+        (".bin", "plain"),
+        (".pt", "state_dict"),
+        (".pth", "model"),
+        (".pt", "module."),
+        (".safetensors", "plain"),
+    ],
+)
+def test_loads_local_open_clip_checkpoint(tmp_path, clip, suffix, wrapper):
     state = clip.state_dict()
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif wrapper == "module.":  # saved from a DDP-wrapped model
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
     else:
         torch.save(state if wrapper == "plain" else {wrapper: state, "epoch": 3}, path)
-    video_vit = create_video_vit(MODEL, pretrained=path, num_frames=4).eval()
-    image = torch.randn(1, 3, 32, 32)
+    video_vit, text = create_towers(MODEL, pretrained=path, num_frames=4)
+    image, tokens = torch.randn(1, 3, 32, 32), torch.randint(1, 49406, (1, 32))
     with torch.no_grad():
-        torch.testing.assert_close(
-            video_vit(static_clip(image, 1)), clip.encode_image(image), atol=1e-4, rtol=0
-        )
+        expected = clip.encode_image(image)
+        torch.testing.assert_close(video_vit.eval()(static_clip(image, 1)), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(text.eval()(tokens).embedding, clip.encode_text(tokens), atol=1e-5, rtol=0)
 
 
 def test_missing_pretrained_warns_and_foreign_file_fails_loudly(tmp_path):
