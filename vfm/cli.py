@@ -7,7 +7,7 @@ Overlays stack: ``--config configs/post_pretrain.yaml --config configs/demo/post
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -18,13 +18,12 @@ from vfm.data.datamodule import VideoTextDataModule
 class VFMCLI(LightningCLI):
     """LightningCLI with vfm's datamodule fixed and the recipe chosen by ``model.class_path``.
 
-    Every run has a rich progress bar, step-wise learning-rate logging, checkpoints (``last.ckpt``
-    always) and data-health logging; configure them under ``progress_bar``, ``lr_monitor``,
-    ``checkpoint`` and ``data_health``.
+    Every run has step-wise learning-rate logging, checkpoints (``last.ckpt`` always) and data-health
+    logging, configured under ``lr_monitor``, ``checkpoint`` and ``data_health``, and a rich progress bar
+    unless ``trainer.enable_progress_bar`` is false or another progress bar is configured.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -38,6 +37,9 @@ class VFMCLI(LightningCLI):
             root = config.get("default_root_dir") or "outputs/runs"
             csv = CSVLogger(save_dir=root)
             config["logger"] = [csv, TensorBoardLogger(save_dir=root, version=csv.version)]
+        configured = list(callbacks) + list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -7,7 +7,7 @@ import json
 
 from vfm.bench.report import REPORT, update_report
 
-BENCHMARKS = ("loader",)
+BENCHMARKS = ("loader", "model_step")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.only:
         if name == "loader":
             from vfm.bench.loader import run
+
+            entries = run()
+        elif name == "model_step":
+            from vfm.bench.model_step import run
 
             entries = run()
         report = update_report(entries)

@@ -32,6 +32,8 @@ class PostPretrain(VideoTextRecipe):
             unmasked tune that closes the train/test gap).
         reverse_negatives: fraction of each batch appended again played backwards with its time-reversed
             caption (needs ``reverse_caption`` in the shards): hard negatives for the order of events.
+        temperature_init: initial contrastive temperature (CLIP's 1/100 when starting from a trained CLIP;
+            from random towers CLIP's own pretraining starts at 0.07).
         grad_checkpointing: recompute block activations in backward (less memory, more compute).
     """
 
@@ -50,6 +52,7 @@ class PostPretrain(VideoTextRecipe):
         fusion_heads: int = 8,
         unmasked_fraction: float = 0.0,
         reverse_negatives: float = 0.0,
+        temperature_init: float = 0.01,
         grad_checkpointing: bool = False,
         lr: float = 4e-4,
         weight_decay: float = 0.2,
@@ -63,7 +66,7 @@ class PostPretrain(VideoTextRecipe):
         self.video, self.text = create_towers(
             model, pretrained, num_frames=num_frames, drop_ratio=drop_ratio, drop_mode=drop_mode, pool=pool
         )
-        self.vtc = VideoTextContrastiveLoss()
+        self.vtc = VideoTextContrastiveLoss(init_scale=1 / temperature_init)
         self.fusion = (
             CrossModalFusion(self.text.token_embedding, self.video.width, fusion_layers, fusion_heads)
             if mlm_weight > 0
