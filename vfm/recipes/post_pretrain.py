@@ -34,6 +34,9 @@ class PostPretrain(VideoTextRecipe):
             caption (needs ``reverse_caption`` in the shards): hard negatives for the order of events.
         temperature_init: initial contrastive temperature (CLIP's 1/100 when starting from a trained CLIP;
             from random towers CLIP's own pretraining starts at 0.07).
+        temporal_init_std: 0 keeps the paper's zero temporal embedding (the model equals the image CLIP at
+            step 0); random towers have nothing to preserve, and a frame-order signal from the start lets
+            them learn the direction of time sooner.
         grad_checkpointing: recompute block activations in backward (less memory, more compute).
     """
 
@@ -53,6 +56,7 @@ class PostPretrain(VideoTextRecipe):
         unmasked_fraction: float = 0.0,
         reverse_negatives: float = 0.0,
         temperature_init: float = 0.01,
+        temporal_init_std: float = 0.0,
         grad_checkpointing: bool = False,
         lr: float = 4e-4,
         weight_decay: float = 0.2,
@@ -66,6 +70,8 @@ class PostPretrain(VideoTextRecipe):
         self.video, self.text = create_towers(
             model, pretrained, num_frames=num_frames, drop_ratio=drop_ratio, drop_mode=drop_mode, pool=pool
         )
+        if temporal_init_std > 0:
+            torch.nn.init.normal_(self.video.temporal_embedding, std=temporal_init_std)
         self.vtc = VideoTextContrastiveLoss(init_scale=1 / temperature_init)
         self.fusion = (
             CrossModalFusion(self.text.token_embedding, self.video.width, fusion_layers, fusion_heads)
