@@ -12,20 +12,30 @@ RECIPES = sorted(p for p in CONFIGS.glob("*.yaml"))
 OVERLAYS = sorted(CONFIGS.glob("demo/*.yaml"))
 
 
+def architecture_args(*configs: Path) -> list[str]:
+    """Configs that take their architecture from ``init_from`` (fine-tuning) get one named here instead."""
+    init_args = {}
+    for config in configs:
+        init_args.update(yaml.safe_load(config.read_text()).get("model", {}).get("init_args", {}))
+    if "init_from" in init_args and init_args["init_from"] is None and "model" not in init_args:
+        return ["--model.model", "vit-tiny-test"]
+    return []
+
+
 def test_configs_exist():
     assert RECIPES and OVERLAYS
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.name)
 def test_recipe_config_parses(config):
-    cli = main(["--config", str(config)], run=False)
+    cli = main(["--config", str(config), *architecture_args(config)], run=False)
     assert cli.model.__class__.__name__ == yaml.safe_load(config.read_text())["model"]["class_path"].split(".")[-1]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_demo_overlay_parses_on_its_recipe(overlay):
     base = CONFIGS / overlay.name
-    cli = main(["--config", str(base), "--config", str(overlay)], run=False)
+    cli = main(["--config", str(base), "--config", str(overlay), *architecture_args(base, overlay)], run=False)
     assert cli.datamodule.hparams.num_frames == yaml.safe_load(overlay.read_text())["data"]["num_frames"]
 
 

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from vfm.callbacks import DataHealth
+from vfm.callbacks import DataHealth, EmbeddingWriter
 from vfm.data.datamodule import VideoTextDataModule
 
 
@@ -19,7 +19,8 @@ class VFMCLI(LightningCLI):
     """LightningCLI with vfm's datamodule fixed and the recipe chosen by ``model.class_path``.
 
     Every run has step-wise learning-rate logging, checkpoints (``last.ckpt`` always) and data-health
-    logging, configured under ``lr_monitor``, ``checkpoint`` and ``data_health``, and a rich progress bar
+    logging, configured under ``lr_monitor``, ``checkpoint`` and ``data_health``; ``predict`` writes the
+    embeddings and sample keys under ``prediction_writer.output_dir``; and a rich progress bar
     unless ``trainer.enable_progress_bar`` is false or another progress bar is configured.
     """
 
@@ -29,6 +30,8 @@ class VFMCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(DataHealth, "data_health")
+        # predict writes embeddings + sample keys (prediction_writer.output_dir, default <root>/predictions)
+        parser.add_lightning_class_args(EmbeddingWriter, "prediction_writer")
         parser.set_defaults({"trainer.default_root_dir": "outputs/runs"})
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:

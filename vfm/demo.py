@@ -19,15 +19,31 @@ from vfm.cli import main as cli
 
 SUMMARY = Path("outputs/demo/summary.json")
 CONFIGS = Path("configs")
-# name -> (recipe config, keys reported from the test metrics)
+LONG_VIDEO_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "temporal_text_acc", "temporal_video_acc", "chance_r1")
+# name -> (recipe config, keys reported from the test metrics); the overlay is configs/demo/<recipe config>
 ENTRIES = {
     "post_pretrain": ("post_pretrain.yaml", ("t2v_r1", "v2t_r1", "temporal_acc", "chance_r1")),
+    "long_video": ("long_video_long.yaml", LONG_VIDEO_KEYS),
+    "long_video_frame": ("long_video_long.yaml", LONG_VIDEO_KEYS),
+    "finetune_classification": ("finetune_classification.yaml", ("top1", "top5", "chance_top1", "majority_top1")),
 }
+# name -> the entry whose checkpoint it starts from (``--model.init_from``, read from the summary)
+INIT_FROM = {
+    "long_video": "post_pretrain",
+    "long_video_frame": "post_pretrain",
+    "finetune_classification": "post_pretrain",
+}
+# name -> runs reported inside its entry with their keys prefixed (same init): {prefix: recipe config}
+VARIANTS = {"finetune_classification": {"linear_probe": "linear_probe.yaml"}}
+# name -> command-line overrides on top of its two configs (variants of one recipe)
+ENTRY_ARGS = {"long_video_frame": ["--model.attention=frame"]}
 
 
-def run_entry(name: str, extra: list[str]) -> dict:
+def run_entry(name: str, extra: list[str], variant: str | None = None) -> dict:
     recipe, keys = ENTRIES[name]
-    root = f"outputs/demo/{name}"
+    if variant is not None:
+        recipe = VARIANTS[name][variant]
+    root = f"outputs/demo/{name}" + (f"/{variant}" if variant else "")
     configs = ["--config", str(CONFIGS / recipe), "--config", str(CONFIGS / "demo" / recipe)]
     start = time.perf_counter()
     fit = cli(["fit", *configs, f"--trainer.default_root_dir={root}", *extra])
@@ -39,6 +55,21 @@ def run_entry(name: str, extra: list[str]) -> dict:
     entry["train_seconds"] = round(seconds, 1)
     entry["checkpoint"] = checkpoint
     return entry
+
+
+def entry_args(name: str, summary: dict) -> list[str]:
+    """An entry's own overrides, and ``--model.init_from`` the checkpoint of the entry it starts from."""
+    args = list(ENTRY_ARGS.get(name, []))
+    source = INIT_FROM.get(name)
+    if source is not None:
+        checkpoint = summary.get(source, {}).get("checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise SystemExit(
+                f"demo entry {name!r} starts from the {source!r} checkpoint, which {SUMMARY} does not name: "
+                f"run `python -m vfm.demo --only {source} {name}`"
+            )
+        args.append(f"--model.init_from={checkpoint}")
+    return args
 
 
 def write_summary(summary: dict) -> None:
@@ -65,7 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     args, extra = parser.parse_known_args(argv)
     summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
     for name in args.only:
-        summary[name] = run_entry(name, extra)
+        summary[name] = run_entry(name, [*entry_args(name, summary), *extra])
+        for variant in VARIANTS.get(name, {}):  # e.g. the linear probe beside the fine-tune, from the same init
+            result = run_entry(name, [*entry_args(name, summary), *extra], variant)
+            summary[name] |= {f"{variant}_{key}": value for key, value in result.items() if key != "checkpoint"}
         write_summary(summary)  # after each entry, so a later failure loses nothing
     print_table(summary)
     print(f"wrote {SUMMARY}")

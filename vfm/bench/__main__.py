@@ -7,7 +7,7 @@ import json
 
 from vfm.bench.report import REPORT, update_report
 
-BENCHMARKS = ("loader", "model_step")
+BENCHMARKS = ("loader", "model_step", "long_video")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> dict:
             entries = run()
         elif name == "model_step":
             from vfm.bench.model_step import run
+
+            entries = run()
+        elif name == "long_video":
+            from vfm.bench.long_video import run
 
             entries = run()
         report = update_report(entries)

@@ -37,6 +37,8 @@ class VideoTextDataModule(L.LightningDataModule):
         video_backend: ``pyav`` (default) or ``decord``.
         tokenizer: an open_clip model name (bundled tokenizer, offline) or a local HuggingFace tokenizer folder.
         label_key, classes: metadata field used as ``label`` and the class list mapping names to indices.
+        test_clips, test_crops: multi-view test: each test video gives clips x crops views (video
+            [B, V, T, C, H, W]); clips interleave ``middle`` sampling, crops spread along the long side.
         samples_per_epoch: epoch length of the endless training stream, over all devices.
         resampled: draw training shards with replacement (any shard count works); without it each reader
             cycles through its own shards, which needs at least ranks x workers shards.
@@ -65,6 +67,8 @@ class VideoTextDataModule(L.LightningDataModule):
         context_length: int = 77,
         label_key: str | None = None,
         classes: str | list[str] | None = None,
+        test_clips: int = 1,
+        test_crops: int = 1,
         samples_per_epoch: int = 10_000,
         resampled: bool = True,
         shuffle_buffer: int = 1000,
@@ -93,8 +97,10 @@ class VideoTextDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _processor(self, train: bool) -> SampleProcessor:
+    def _processor(self, train: bool, views: tuple[int, int] = (1, 1)) -> SampleProcessor:
         h = self.hparams
+        if views != (1, 1) and h.eval_sampling != "middle":
+            raise ValueError(f"test_clips > 1 needs eval_sampling='middle', not {h.eval_sampling!r}")
         settings = ClipSettings(
             num_frames=h.num_frames,
             image_size=h.image_size,
@@ -105,6 +111,8 @@ class VideoTextDataModule(L.LightningDataModule):
             flip=h.flip,
             backend=h.video_backend,
             train=train,
+            clips=views[0],
+            crops=views[1],
         )
         return SampleProcessor(settings, self.tokenizer, h.label_key, self._classes)
 
@@ -146,13 +154,13 @@ class VideoTextDataModule(L.LightningDataModule):
             h.resampled, h.shuffle_buffer, self._start_epoch, self._resume_token,
         )
 
-    def eval_dataset(self, spec: ShardSpec) -> EvalStream:
+    def eval_dataset(self, spec: ShardSpec, views: tuple[int, int] = (1, 1)) -> EvalStream:
         rank, world_size = self._distributed()
         urls = expand_urls(spec)
         counts = [count_samples(url) for url in urls]
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
         return EvalStream(
-            urls, counts, self._processor(train=False), batch_size, rank, world_size,
+            urls, counts, self._processor(train=False, views=views), batch_size, rank, world_size,
             self.hparams.num_workers, self.hparams.seed,
         )
 
@@ -165,7 +173,8 @@ class VideoTextDataModule(L.LightningDataModule):
         return self._loader(self.eval_dataset(self.hparams.val_shards))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset(self.hparams.test_shards or self.hparams.val_shards))
+        views = (self.hparams.test_clips, self.hparams.test_crops)
+        return self._loader(self.eval_dataset(self.hparams.test_shards or self.hparams.val_shards, views))
 
     def predict_dataloader(self) -> DataLoader:
         h = self.hparams

@@ -3,7 +3,8 @@
 A batch is a dict with these keys (the only place they are defined):
 
 - ``video``: uint8 [B, T, C, H, W] from the workers; float, normalised, after transfer to the device.
-  Images come out as T = 1 clips.
+  Images come out as T = 1 clips. A multi-view test (``test_clips`` x ``test_crops`` > 1) gives
+  [B, V, T, C, H, W] with V = clips x crops views of each video.
 - ``text`` long [B, L] token ids and ``text_mask`` bool [B, L] (True on real tokens) of ``caption``.
 - ``reverse_text`` / ``reverse_text_mask``: the caption of the clip played backwards, where the
   shards carry ``reverse_caption`` (the embedded corpus does); ``swapped_text`` / ``swapped_text_mask``
@@ -28,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_image
 from vfm.data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, build_decoder
 from vfm.data.sampling import sample_indices
 from vfm.data.text import CaptionTokenizer
-from vfm.data.transforms import eval_transform, train_transform
+from vfm.data.transforms import eval_transform, eval_views, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ClipSettings:
     flip: float = 0.0
     backend: str = "pyav"
     train: bool = True
+    clips: int = 1  # evaluation views: clips x crops per video (multi-view test)
+    crops: int = 1
 
 
 def load_classes(classes: str | list[str] | None, label_key: str | None) -> list[str] | None:
@@ -131,8 +134,9 @@ class SampleProcessor:
         if video_ext is not None:
 
             def choose(info):
+                # several clips: one sampling of clips x T frames, interleaved (see eval_views)
                 return sample_indices(
-                    info.num_frames, settings.num_frames, settings.sampling,
+                    info.num_frames, settings.num_frames * settings.clips, settings.sampling,
                     rng if settings.train else None, info.fps, settings.target_fps,
                 )
 
@@ -153,6 +157,8 @@ class SampleProcessor:
             frames = image.unsqueeze(0)
         if settings.train:
             return train_transform(frames, settings.image_size, generator, settings.crop_scale, settings.flip)
+        if settings.clips * settings.crops > 1:
+            return eval_views(frames, settings.image_size, settings.clips, settings.crops)
         return eval_transform(frames, settings.image_size)
 
     def collate(self, samples: list[dict], num_failed: int = 0) -> dict:

@@ -74,3 +74,25 @@ def normalize(
     mean_t = torch.tensor(mean, device=video.device, dtype=dtype).view(shape) * 255
     std_t = torch.tensor(std, device=video.device, dtype=dtype).view(shape) * 255
     return (video.to(dtype) - mean_t) / std_t
+
+
+def eval_views(frames: torch.Tensor, size: int, clips: int = 1, crops: int = 1) -> torch.Tensor:
+    """Multi-view test input: [clips * crops, T, C, size, size] from ``frames`` [clips * T, C, H, W].
+
+    ``frames`` interleaves the clips (frame j of clip k at ``j * clips + k``: every clip spans the whole video
+    at its own phase, TSN-style). Each clip is resized to short side ``size`` and cut into ``crops`` squares
+    spread along the long side (the usual 3-crop test; on square frames the crops coincide).
+    """
+    if frames.shape[0] % clips:  # an image (one frame): every clip is that frame
+        frames = frames.repeat_interleave(clips, 0)
+    if min(frames.shape[-2:]) != size:
+        frames = F.resize(frames, [size], antialias=True)
+    height, width = frames.shape[-2:]
+    views = []
+    for clip in range(clips):
+        clip_frames = frames[clip::clips]
+        for crop in range(crops):
+            fraction = crop / (crops - 1) if crops > 1 else 0.5
+            top, left = round((height - size) * fraction), round((width - size) * fraction)
+            views.append(F.crop(clip_frames, top, left, size, size))
+    return torch.stack(views)

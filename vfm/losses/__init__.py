@@ -7,6 +7,7 @@ from .contrastive import (
     gather_with_grad,
     video_text_contrastive_loss,
 )
+from .hard_negatives import hard_negative_loss
 from .mlm import masked_lm_loss
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "VideoTextContrastiveLoss",
     "contrastive_targets",
     "gather_with_grad",
+    "hard_negative_loss",
     "masked_lm_loss",
     "video_text_contrastive_loss",
 ]

@@ -5,6 +5,7 @@ from .fusion import CrossModalFusion, MLMHead
 from .masking import (
     gather_tokens,
     num_kept,
+    per_frame_keep_indices,
     random_keep_indices,
     sample_keep_indices,
     tube_keep_indices,
@@ -32,6 +33,7 @@ __all__ = [
     "load_weights",
     "mask_text_tokens",
     "num_kept",
+    "per_frame_keep_indices",
     "random_keep_indices",
     "read_state_dict",
     "sample_keep_indices",

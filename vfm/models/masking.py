@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-DropMode = Literal["random", "tube"]
+DropMode = Literal["random", "tube", "per_frame"]
 
 
 def num_kept(num_tokens: int, drop_ratio: float) -> int:
@@ -57,6 +57,25 @@ def tube_keep_indices(
     return (offsets[None, :, None] + spatial[:, None, :]).flatten(1)
 
 
+def per_frame_keep_indices(
+    batch_size: int,
+    num_frames: int,
+    patches_per_frame: int,
+    drop_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Keep the same number of random patches in every frame, at positions drawn anew per frame.
+
+    Random masking that frame-wise and factorised attention accept (they need a balanced count per frame),
+    without tube masking's blind spots: every position is seen in some frames.
+    """
+    noise = _uniform((batch_size, num_frames, patches_per_frame), generator, device)
+    keep = noise.topk(num_kept(patches_per_frame, drop_ratio), dim=-1).indices.sort(dim=-1).values
+    offsets = torch.arange(num_frames, device=keep.device) * patches_per_frame
+    return (keep + offsets[None, :, None]).flatten(1)
+
+
 def weighted_keep_indices(
     weights: torch.Tensor,
     drop_ratio: float,
@@ -89,8 +108,8 @@ def sample_keep_indices(
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Dispatch to the `random` or `tube` sampler by name (the config value)."""
-    samplers = {"random": random_keep_indices, "tube": tube_keep_indices}
+    """Dispatch to the `random`, `tube` or `per_frame` sampler by name (the config value)."""
+    samplers = {"random": random_keep_indices, "tube": tube_keep_indices, "per_frame": per_frame_keep_indices}
     if mode not in samplers:
         raise ValueError(f"unknown drop mode {mode!r}; choose one of {sorted(samplers)}")
     return samplers[mode](batch_size, num_frames, patches_per_frame, drop_ratio, generator, device)
@@ -105,7 +124,8 @@ def per_frame_count(keep: torch.Tensor, num_frames: int, patches_per_frame: int)
     """Tokens kept per frame when every frame keeps the same number; raises otherwise.
 
     Frame-wise and factorised attention reshape the kept tokens to [B, T, K], which needs this balance;
-    `tube_keep_indices` and `weighted_keep_indices` guarantee it, `random_keep_indices` does not.
+    `tube_keep_indices`, `per_frame_keep_indices` and `weighted_keep_indices` guarantee it,
+    `random_keep_indices` does not.
     """
     if keep.shape[1] % num_frames == 0:
         per_frame = keep.shape[1] // num_frames
@@ -115,5 +135,5 @@ def per_frame_count(keep: torch.Tensor, num_frames: int, patches_per_frame: int)
             return per_frame
     raise ValueError(
         "frame-wise and factorised attention need the same number of kept tokens in every frame: "
-        "use drop_mode='tube' or weighted_keep_indices"
+        "use drop_mode='tube' or 'per_frame', or weighted_keep_indices"
     )

@@ -48,13 +48,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    return unwrap_state_dict(state, str(path))
+
+
+def unwrap_state_dict(state: object, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A loaded checkpoint -> flat {name: tensor}, wrappers ({"state_dict": ...} etc.) and `module.` removed."""
     while isinstance(state, dict) and len(state) and any(k in state for k in _WRAPPER_KEYS):
         wrapper = next(k for k in _WRAPPER_KEYS if k in state)
         if not isinstance(state[wrapper], dict):
             break
         state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise ValueError(f"{name} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state

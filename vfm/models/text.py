@@ -90,6 +90,24 @@ class TextEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"positional_embedding", "mask_embedding"}
 
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    @torch.no_grad()
+    def extend_context(self, context_length: int) -> None:
+        """Accept captions of up to `context_length` tokens (long-video captions outgrow CLIP's 77).
+
+        Existing positions keep their embedding, so shorter captions encode exactly as before; new ones start
+        as copies of the last (see `extend_positions`) and are learned in training.
+        """
+        if context_length <= self.context_length:
+            return
+        self.positional_embedding = nn.Parameter(extend_positions(self.positional_embedding, context_length))
+        if self.attn_mask is not None:  # causal: position i attends to positions <= i
+            mask = torch.full((context_length, context_length), float("-inf"), device=self.attn_mask.device)
+            self.attn_mask = mask.triu_(1).to(self.attn_mask.dtype)
+
     def embed(self, text: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings [B, L, W]; `MASK_TOKEN_ID` positions get the learned mask vector."""
         is_mask = text == self.mask_token_id
@@ -119,6 +137,17 @@ class TextEncoder(nn.Module):
         elif self.text_projection is not None:
             pooled = pooled @ self.text_projection
         return TextFeatures(pooled, tokens)
+
+
+def extend_positions(table: torch.Tensor, length: int) -> torch.Tensor:
+    """A position table [L, W] grown to [length, W] (or cut to it): rows kept, new rows copies of the last.
+
+    Interpolating the whole table would move every position's embedding; copying the last row keeps the
+    trained positions exact and gives new ones a start that the (causal) text tower already reads sensibly.
+    """
+    if length <= table.shape[0]:
+        return table[:length]
+    return torch.cat([table, table[-1:].expand(length - table.shape[0], -1)]).clone()
 
 
 def mask_text_tokens(

@@ -91,7 +91,7 @@ class VideoViT(nn.Module):
             raise ValueError(f"unknown attention={attention!r} or pos_embed={pos_embed!r}")
         if attention != "joint" and drop_ratio > 0 and drop_mode == "random":
             raise ValueError(
-                f"{attention} attention needs the same kept tokens per frame: use drop_mode='tube'"
+                f"{attention} attention needs the same kept tokens per frame: use drop_mode='tube' or 'per_frame'"
             )
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.patch_size = patch_size
@@ -151,10 +151,7 @@ class VideoViT(nn.Module):
         pos = resample_abs_pos_embed(
             self.positional_embedding[None], list(grid), list(self.grid_size), self.num_prefix_tokens
         )[0]
-        temporal = self.temporal_embedding
-        if num_frames != temporal.shape[0]:
-            resampled = F.interpolate(temporal.T[None], size=num_frames, mode="linear", align_corners=False)
-            temporal = resampled[0].T
+        temporal = resample_temporal_embedding(self.temporal_embedding, num_frames)
         prefix = self.num_prefix_tokens
         return pos[:prefix].to(ref), pos[prefix:].to(ref), temporal.to(ref)
 
@@ -321,6 +318,17 @@ class VideoViT(nn.Module):
             raise RuntimeError(f"open_clip tower lacks weights for {unexpected_missing}")
         model.init_temporal_from_spatial()
         return model
+
+
+def resample_temporal_embedding(temporal: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Linear interpolation of a temporal embedding [T, D] to [num_frames, D] (the same table at any T).
+
+    Used at every forward for clips of another length, and to carry a checkpoint's table to a model that
+    stores another number of frames (e.g. a 16-frame model initialising a 128-frame one).
+    """
+    if num_frames == temporal.shape[0]:
+        return temporal
+    return F.interpolate(temporal.T[None], size=num_frames, mode="linear", align_corners=False)[0].T
 
 
 def _init_weights(module: nn.Module) -> None:
