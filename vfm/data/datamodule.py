@@ -81,7 +81,6 @@ class VideoTextDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._tokenizer: CaptionTokenizer | None = None
-        self._classes = load_classes(classes, label_key)
         self._start_epoch = 0
         self._resume_token = 0
         self._samples_seen = 0
@@ -114,7 +113,8 @@ class VideoTextDataModule(L.LightningDataModule):
             clips=views[0],
             crops=views[1],
         )
-        return SampleProcessor(settings, self.tokenizer, h.label_key, self._classes)
+        # The class list is read when data is needed, so a config parses before `make shards` has run.
+        return SampleProcessor(settings, self.tokenizer, h.label_key, load_classes(h.classes, h.label_key))
 
     def _loader(self, dataset: torch.utils.data.IterableDataset) -> DataLoader:
         workers = self.hparams.num_workers
