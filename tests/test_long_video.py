@@ -16,7 +16,7 @@ from vfm.cli import main
 from vfm.losses import hard_negative_loss
 from vfm.models import VideoViT, per_frame_keep_indices, random_keep_indices, tube_keep_indices
 from vfm.models.factory import create_clip
-from vfm.recipes.long_video import LongVideoContrastive, freeze_video_layers
+from vfm.recipes.long_video import LongVideoContrastive, freeze_video_layers, mirror_keep_indices
 from vfm.recipes.optim import build_adamw
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -146,7 +146,7 @@ def test_init_from_interpolates_time_and_extends_the_text_context(tmp_path):
     with torch.no_grad():
         short.video.temporal_embedding.copy_(torch.arange(4.0)[:, None].expand(4, 64))
     path = tmp_path / "short.ckpt"
-    torch.save({"state_dict": short.state_dict()}, path)
+    torch.save({"state_dict": short.state_dict(), "hyper_parameters": dict(short.hparams)}, path)
     long = tiny_recipe(
         num_frames=16, context_length=48, attention="factorized", drop_mode="per_frame", init_from=str(path)
     )
@@ -161,6 +161,21 @@ def test_init_from_interpolates_time_and_extends_the_text_context(tmp_path):
         assert long.encode_text(long_text, None).shape == (4, 32)
     block = long.video.blocks[0]  # a joint checkpoint into a factorised encoder: temporal = spatial at start
     torch.testing.assert_close(block.temporal_attn.in_proj_weight, block.attn.in_proj_weight)
+
+
+def test_reversed_copies_keep_the_same_tokens_played_backwards():
+    keep = per_frame_keep_indices(2, 5, PATCHES, 0.75)
+    mirrored = mirror_keep_indices(keep, 5, PATCHES)
+    assert torch.equal(mirror_keep_indices(mirrored, 5, PATCHES), keep)
+    tokens = torch.randn(2, 5 * PATCHES, 3)  # [B, T*N, D], frame-major
+    backwards = tokens.view(2, 5, PATCHES, 3).flip(1).reshape(2, -1, 3)
+    kept = tokens.gather(1, keep[..., None].expand(-1, -1, 3))
+    kept_backwards = backwards.gather(1, mirrored[..., None].expand(-1, -1, 3))
+    assert torch.equal(kept_backwards.view(2, 5, 4, 3), kept.view(2, 5, 4, 3).flip(1))
+    recipe = tiny_recipe(drop_ratio=0.75, drop_mode="per_frame", reverse_negatives=0.5)
+    video = torch.randn(4, 5, 3, 32, 32)
+    both = recipe._training_keep(torch.cat([video, video[:2].flip(1)]), 4)
+    assert torch.equal(both[4:], mirror_keep_indices(both[:2], 5, PATCHES))
 
 
 def test_evaluation_masking_is_repeatable_and_uses_the_swapped_caption():

@@ -83,8 +83,9 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if "head.weight" in weights.state:
         num_classes, in_features = weights.state["head.weight"].shape
         towers["head"] = _load_tower(nn.Linear(in_features, num_classes), weights, "head.")
-        features = weights.hparams.get("features", "pre_logits")
+        features, grid = weights.hparams.get("features", "pre_logits"), weights.hparams.get("grid_size", (4, 2))
         config["head"] = {"in_features": in_features, "num_classes": num_classes, "features": features}
+        config["head"]["grid_size"] = list(grid)
         config["classes"] = weights.classes
     config["tokenizer"] = tokenizer
     return save_encoder(out_dir, towers, config)

@@ -27,6 +27,7 @@ from .convert import ConvertedWeights
 from .convert_open_clip import convert_open_clip, is_open_clip
 from .convert_umt import convert_umt, is_umt
 from .convert_viclip import convert_viclip, is_viclip
+from .heads import head_features
 from .layers import LayerScale, QuickGELU
 from .pretrained import load_weights
 from .text import TextEncoder
@@ -175,9 +176,9 @@ class Encoders(nn.Module):
         """Class logits [B, num_classes] from the exported classification head."""
         if self.head is None:
             raise ValueError("this export has no classification head")
-        tokens = self.video.forward_features(video)
-        pre_logits = self.config["head"].get("features", "pre_logits") == "pre_logits"
-        return self.head(self.video.forward_head(tokens, pre_logits=pre_logits))
+        head = self.config["head"]
+        grid = tuple(head.get("grid_size", (4, 2)))
+        return self.head(head_features(self.video, video, head.get("features", "pre_logits"), grid))
 
     def tokenizer(self):
         """open_clip's bundled tokenizer the towers were trained with (offline)."""

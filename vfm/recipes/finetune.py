@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vfm.data.samples import load_classes
 from vfm.models import VideoViT
 from vfm.models.convert import ConvertedWeights, strip_prefix
+from vfm.models.heads import head_feature_dim, head_features
 from vfm.models.interchange import is_complete_video_config, resolve_video_config
 from vfm.models.pretrained import load_weights
 from vfm.recipes.checkpoints import load_init_weights
@@ -42,7 +43,10 @@ class VideoClassification(L.LightningModule):
             the resolved architecture and saved.
         num_classes: default: the length of the datamodule's class list (``data.classes``).
         linear_probe: freeze the encoder (eval mode, no gradients, not in the optimizer); train the head.
-        features: the head reads the pooled ``pre_logits`` (encoder width) or the projected ``embedding``.
+        features: the head reads the pooled ``pre_logits`` (encoder width), the projected ``embedding``, or
+            ``grid``: the token map averaged over a (time, space, space) grid of ``grid_size`` cells, kept apart
+            (where and when things happen: what motion classes differ in; needs no token dropping).
+        grid_size: (time cells, cells per side) of ``grid`` features.
         head_dropout, head_init_scale: dropout before the head; scale of its initial weights.
         drop_path_rate: stochastic depth of the encoder in fine-tuning.
         label_smoothing: of the cross-entropy targets (also with mixup / cutmix).
@@ -60,7 +64,8 @@ class VideoClassification(L.LightningModule):
         video_config: dict[str, Any] | None = None,
         num_classes: int | None = None,
         linear_probe: bool = False,
-        features: Literal["pre_logits", "embedding"] = "pre_logits",
+        features: Literal["pre_logits", "embedding", "grid"] = "pre_logits",
+        grid_size: tuple[int, int] = (4, 2),
         head_dropout: float = 0.0,
         head_init_scale: float = 1.0,
         drop_path_rate: float = 0.1,
@@ -82,6 +87,8 @@ class VideoClassification(L.LightningModule):
         describes = is_complete_video_config(video_config)
         self._init_weights = load_init_weights(init_from) if init_from and not describes else None
         self.hparams.video_config = resolve_video_config(self._init_weights, model, video_config)
+        if features == "grid" and self.hparams.video_config.get("drop_ratio", 0) > 0:
+            raise ValueError("grid features read every token: set video_config.drop_ratio to 0")
         path_rate = 0.0 if linear_probe else drop_path_rate
         self.video = VideoViT(**self.hparams.video_config, drop_path_rate=path_rate)
         self.video.set_grad_checkpointing(grad_checkpointing and not linear_probe)
@@ -94,14 +101,10 @@ class VideoClassification(L.LightningModule):
             self._build_head(num_classes)
 
     # ---- building -------------------------------------------------------------------------------
-    @property
-    def feature_dim(self) -> int:
-        use_embedding = self.hparams.features == "embedding" and self.video.output_dim
-        return self.video.output_dim if use_embedding else self.video.width
-
     def _build_head(self, num_classes: int) -> None:
         self.hparams.num_classes = num_classes
-        self.head = nn.Linear(self.feature_dim, num_classes)
+        h = self.hparams
+        self.head = nn.Linear(head_feature_dim(self.video, h.features, tuple(h.grid_size)), num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02 * self.hparams.head_init_scale)
         nn.init.zeros_(self.head.bias)
         top_k = min(5, num_classes)
@@ -110,7 +113,6 @@ class VideoClassification(L.LightningModule):
             setattr(self, f"{stage}_top5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro"))
         self.test_labels = CatMetric()
         self.val_loss = MeanMetric()
-        h = self.hparams
         self.mixup = None
         if h.mixup_alpha > 0 or h.cutmix_alpha > 0:
             self.mixup = Mixup(h.mixup_alpha, h.cutmix_alpha, prob=h.mix_prob, label_smoothing=h.label_smoothing,
@@ -159,9 +161,9 @@ class VideoClassification(L.LightningModule):
 
     # ---- forward --------------------------------------------------------------------------------
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        pre_logits = self.hparams.features == "pre_logits"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.linear_probe):
-            return self.video.forward_head(self.video.forward_features(video), pre_logits=pre_logits)
+        h = self.hparams
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not h.linear_probe):
+            return head_features(self.video, video, h.features, tuple(h.grid_size))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Normalised frames [B, T, C, H, W] -> class logits [B, num_classes]."""

@@ -26,7 +26,7 @@ from vfm.models import LoadReport, VideoViT, create_towers, load_weights, sample
 from vfm.models.text import extend_positions
 from vfm.models.video_vit import resample_temporal_embedding
 from vfm.recipes.base import VideoTextRecipe, caption_ids
-from vfm.recipes.checkpoints import read_checkpoint, tower_state_dict
+from vfm.recipes.checkpoints import load_init_weights, tower_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +114,25 @@ class LongVideoContrastive(VideoTextRecipe):
 
     # ---- initialisation --------------------------------------------------------------------------
     def init_towers(self, path: str) -> dict[str, LoadReport]:
-        """Loads the towers (and the learned temperature, when present) from a vfm checkpoint."""
-        checkpoint = read_checkpoint(path)
-        video = tower_state_dict(checkpoint, "video.")
+        """Loads the towers (and the learned temperature, when present) from a vfm checkpoint of any recipe
+        or an external file that ``load_init_weights`` converts (open_clip, ViCLIP, UMT: video tower only)."""
+        state = load_init_weights(path).state
+        video = tower_state_dict(state, "video.")
         if "temporal_embedding" in video:
             video["temporal_embedding"] = resample_temporal_embedding(
                 video["temporal_embedding"], self.video.num_frames
             )
-        text = tower_state_dict(checkpoint, "text.")
-        if "positional_embedding" in text:
-            text["positional_embedding"] = extend_positions(text["positional_embedding"], self.text.context_length)
-        reports = {"video.": load_weights(self.video, video), "text.": load_weights(self.text, text)}
+        reports = {"video.": load_weights(self.video, video)}
         if any("temporal_attn" in key for key in reports["video."].missing):
             self.video.init_temporal_from_spatial()  # a joint / frame checkpoint into a factorised encoder
-        state = checkpoint.get("state_dict", checkpoint)
+        if any(key.startswith("text.") for key in state):
+            text = tower_state_dict(state, "text.")
+            if "positional_embedding" in text:
+                positions = text["positional_embedding"]
+                text["positional_embedding"] = extend_positions(positions, self.text.context_length)
+            reports["text."] = load_weights(self.text, text)
         if "vtc.logit_scale.log_scale" in state:
-            reports["vtc."] = load_weights(self.vtc, tower_state_dict(checkpoint, "vtc."))
+            reports["vtc."] = load_weights(self.vtc, tower_state_dict(state, "vtc."))
         log.info("init_from %s: %s", path, {prefix: len(r.loaded) for prefix, r in reports.items()})
         self._initialised = True
         return reports
@@ -172,7 +175,7 @@ class LongVideoContrastive(VideoTextRecipe):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
         video, text, captions = append_reversed_clips(batch, h.reverse_negatives)
-        video_embedding = self.video(video)  # drops `drop_ratio` of the tokens in training mode
+        video_embedding = self.video(video, self._training_keep(video, batch["video"].shape[0]))
         text_embedding = self.text(text).embedding
         vtc = self.vtc(video_embedding, text_embedding, caption_ids(captions, text.device))
         loss = vtc
@@ -185,6 +188,19 @@ class LongVideoContrastive(VideoTextRecipe):
         logs["train/loss"] = loss
         self.log_dict(logs, prog_bar=True, batch_size=video.shape[0])
         return loss
+
+    def _training_keep(self, video: torch.Tensor, size: int) -> torch.Tensor | None:
+        """Kept tokens of the clips and of their reversed copies (rows ``size`` on): a reversed copy keeps
+        exactly its original's tokens, so the two differ only in the order of frames, the one thing the hard
+        negative should teach (independent masks would differ far more than the order does)."""
+        if self.video.drop_ratio <= 0 or video.shape[0] == size:
+            return None  # the encoder draws its own masks
+        frames = video.shape[1]
+        patches = (video.shape[-2] // self.video.patch_size) * (video.shape[-1] // self.video.patch_size)
+        keep = sample_keep_indices(
+            self.video.drop_mode, size, frames, patches, self.video.drop_ratio, device=video.device
+        )
+        return torch.cat([keep, mirror_keep_indices(keep[: video.shape[0] - size], frames, patches)])
 
     def _hard_negative_loss(
         self, batch: dict, video_embedding: torch.Tensor, text_embedding: torch.Tensor
@@ -228,6 +244,12 @@ def freeze_video_layers(video: VideoViT, trainable_layers: int | None) -> None:
     video.ln_post.requires_grad_(True)
     if video.proj is not None:
         video.proj.requires_grad_(True)
+
+
+def mirror_keep_indices(keep: torch.Tensor, frames: int, patches_per_frame: int) -> torch.Tensor:
+    """Kept-token indices [B, K] of clips played backwards: the token of frame t moves to frame T - 1 - t."""
+    frame, position = keep // patches_per_frame, keep % patches_per_frame
+    return ((frames - 1 - frame) * patches_per_frame + position).sort(dim=1).values
 
 
 def hard_negative_text(batch: dict) -> torch.Tensor | None:
