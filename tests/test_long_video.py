@@ -16,7 +16,8 @@ from vfm.cli import main
 from vfm.losses import hard_negative_loss
 from vfm.models import VideoViT, per_frame_keep_indices, random_keep_indices, tube_keep_indices
 from vfm.models.factory import create_clip
-from vfm.recipes.long_video import LongVideoContrastive, freeze_video_layers, mirror_keep_indices
+from vfm.recipes.long_video import LongVideoContrastive, freeze_video_layers
+from vfm.recipes.time_order import mirror_keep_indices, paired_keep_indices
 from vfm.recipes.optim import build_adamw
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -172,9 +173,9 @@ def test_reversed_copies_keep_the_same_tokens_played_backwards():
     kept = tokens.gather(1, keep[..., None].expand(-1, -1, 3))
     kept_backwards = backwards.gather(1, mirrored[..., None].expand(-1, -1, 3))
     assert torch.equal(kept_backwards.view(2, 5, 4, 3), kept.view(2, 5, 4, 3).flip(1))
-    recipe = tiny_recipe(drop_ratio=0.75, drop_mode="per_frame", reverse_negatives=0.5)
+    recipe = tiny_recipe(drop_ratio=0.75, drop_mode="per_frame", reverse_negatives=0.5).train()
     video = torch.randn(4, 5, 3, 32, 32)
-    both = recipe._training_keep(torch.cat([video, video[:2].flip(1)]), 4)
+    both = paired_keep_indices(recipe.video, torch.cat([video, video[:2].flip(1)]), 4)
     assert torch.equal(both[4:], mirror_keep_indices(both[:2], 5, PATCHES))
 
 

@@ -1,5 +1,6 @@
 """The post-pretraining recipe: losses, dropping schedule, hard negatives, and a CLI fit/test round trip."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from conftest import clip_sample, write_shards
 
 from vfm.cli import main
 from vfm.recipes.post_pretrain import PostPretrain
+from vfm.recipes.time_order import append_reversed_clips
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -49,13 +51,29 @@ def test_training_step_trains_every_tower():
 
 
 def test_reverse_negatives_append_reversed_clips_with_reversed_captions():
-    recipe = tiny_recipe(reverse_negatives=0.5)
     data = batch()
-    video, text, _, captions = recipe._with_reversed_clips(data)
-    assert video.shape[0] == 9 and len(captions) == 9
+    both = append_reversed_clips(data, 0.5)
+    video, text, captions = both.video, both.text, both.captions
+    assert video.shape[0] == 9 and len(captions) == 9 and both.size == 6 and both.count == 3
     assert torch.equal(video[6], data["video"][0].flip(0))
     assert torch.equal(text[7], data["reverse_text"][1])
+    assert torch.equal(both.text_mask[8], data["reverse_text_mask"][2])
     assert len(set(captions)) == 9  # the reversed clips are negatives of their originals
+
+
+def test_time_order_term_is_chance_for_an_order_blind_encoder():
+    # Without a temporal embedding and with mean pooling the encoder cannot tell a clip from its reversal:
+    # the extra term is exactly log 2, and it is added to the loss with its weight.
+    recipe = tiny_recipe(reverse_negatives=0.5, hard_negative_weight=2.0, drop_ratio=0.5, mlm_weight=0.0, pool="mean")
+    logged = {}
+    recipe.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    recipe.train().training_step(batch(), 0)
+    assert logged["train/hard_negative"] == pytest.approx(math.log(2), abs=1e-4)
+    assert logged["train/loss"] == pytest.approx(logged["train/vtc"] + 2 * logged["train/hard_negative"], rel=1e-5)
+    recipe = tiny_recipe(reverse_negatives=0.5, hard_negative_weight=1.0, temporal_init_std=0.5, mlm_weight=0.0)
+    recipe.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    recipe.train().training_step(batch(), 0)
+    assert logged["train/hard_negative"] != pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_unmasked_final_phase_turns_dropping_off():

@@ -21,12 +21,13 @@ from typing import Literal
 
 import torch
 
-from vfm.losses import VideoTextContrastiveLoss, hard_negative_loss
+from vfm.losses import VideoTextContrastiveLoss
 from vfm.models import LoadReport, VideoViT, create_towers, load_weights, sample_keep_indices
 from vfm.models.text import extend_positions
 from vfm.models.video_vit import resample_temporal_embedding
 from vfm.recipes.base import VideoTextRecipe, caption_ids
 from vfm.recipes.checkpoints import load_init_weights, tower_state_dict
+from vfm.recipes.time_order import append_reversed_clips, hard_negative_text, paired_keep_indices, time_order_loss
 
 log = logging.getLogger(__name__)
 
@@ -174,50 +175,23 @@ class LongVideoContrastive(VideoTextRecipe):
     # ---- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        video, text, captions = append_reversed_clips(batch, h.reverse_negatives)
-        video_embedding = self.video(video, self._training_keep(video, batch["video"].shape[0]))
-        text_embedding = self.text(text).embedding
-        vtc = self.vtc(video_embedding, text_embedding, caption_ids(captions, text.device))
+        both = append_reversed_clips(batch, h.reverse_negatives)
+        video_embedding = self.video(both.video, paired_keep_indices(self.video, both.video, both.size))
+        text_embedding = self.text(both.text).embedding
+        vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, both.text.device))
         loss = vtc
         logs = {"train/vtc": vtc, "train/temperature": 1 / self.vtc.logit_scale().detach()}
         if h.hard_negative_weight > 0:
-            hard = self._hard_negative_loss(batch, video_embedding, text_embedding)
+            negative_text = hard_negative_text(batch)
+            negatives = self.text(negative_text).embedding if negative_text is not None else None
+            scale = self.vtc.logit_scale()
+            hard = time_order_loss(both.size, video_embedding, text_embedding, scale, negatives)
             if hard is not None:
                 loss = loss + h.hard_negative_weight * hard
                 logs["train/hard_negative"] = hard
         logs["train/loss"] = loss
-        self.log_dict(logs, prog_bar=True, batch_size=video.shape[0])
+        self.log_dict(logs, prog_bar=True, batch_size=both.video.shape[0])
         return loss
-
-    def _training_keep(self, video: torch.Tensor, size: int) -> torch.Tensor | None:
-        """Kept tokens of the clips and of their reversed copies (rows ``size`` on): a reversed copy keeps
-        exactly its original's tokens, so the two differ only in the order of frames, the one thing the hard
-        negative should teach (independent masks would differ far more than the order does)."""
-        if self.video.drop_ratio <= 0 or video.shape[0] == size:
-            return None  # the encoder draws its own masks
-        frames = video.shape[1]
-        patches = (video.shape[-2] // self.video.patch_size) * (video.shape[-1] // self.video.patch_size)
-        keep = sample_keep_indices(
-            self.video.drop_mode, size, frames, patches, self.video.drop_ratio, device=video.device
-        )
-        return torch.cat([keep, mirror_keep_indices(keep[: video.shape[0] - size], frames, patches)])
-
-    def _hard_negative_loss(
-        self, batch: dict, video_embedding: torch.Tensor, text_embedding: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Mean of: each clip over its caption and its order-changed caption; each caption over its clip and
-        the clip played backwards (for the clips `append_reversed_clips` reversed)."""
-        size, scale = batch["video"].shape[0], self.vtc.logit_scale()
-        terms = []
-        negative_text = hard_negative_text(batch)
-        if negative_text is not None:
-            negatives = self.text(negative_text).embedding
-            terms.append(hard_negative_loss(video_embedding[:size], text_embedding[:size], negatives, scale))
-        reversed_count = video_embedding.shape[0] - size
-        if reversed_count > 0:
-            anchor, positive = text_embedding[:reversed_count], video_embedding[:reversed_count]
-            terms.append(hard_negative_loss(anchor, positive, video_embedding[size:], scale))
-        return torch.stack(terms).mean() if terms else None
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: dict) -> None:
@@ -244,27 +218,3 @@ def freeze_video_layers(video: VideoViT, trainable_layers: int | None) -> None:
     video.ln_post.requires_grad_(True)
     if video.proj is not None:
         video.proj.requires_grad_(True)
-
-
-def mirror_keep_indices(keep: torch.Tensor, frames: int, patches_per_frame: int) -> torch.Tensor:
-    """Kept-token indices [B, K] of clips played backwards: the token of frame t moves to frame T - 1 - t."""
-    frame, position = keep // patches_per_frame, keep % patches_per_frame
-    return ((frames - 1 - frame) * patches_per_frame + position).sort(dim=1).values
-
-
-def hard_negative_text(batch: dict) -> torch.Tensor | None:
-    """Token ids of each clip's hard negative caption: events swapped, else time-reversed, else None."""
-    return batch.get("swapped_text", batch.get("reverse_text"))
-
-
-def append_reversed_clips(batch: dict, fraction: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(video, text, captions) with the first ``fraction`` of the batch appended played backwards, paired
-    with its time-reversed caption (needs ``reverse_text``)."""
-    video, text, captions = batch["video"], batch["text"], batch["caption"]
-    count = round(fraction * video.shape[0])
-    if count == 0 or "reverse_text" not in batch:
-        return video, text, captions
-    video = torch.cat([video, video[:count].flip(1)])
-    text = torch.cat([text, batch["reverse_text"][:count]])
-    # a reversed clip's caption is its own, even if the same text appears elsewhere in the batch
-    return video, text, captions + [f"\x00reversed\x00{c}" for c in captions[:count]]

@@ -14,6 +14,7 @@ import torch
 from vfm.losses import VideoTextContrastiveLoss, masked_lm_loss
 from vfm.models import CrossModalFusion, create_towers, mask_text_tokens
 from vfm.recipes.base import VideoTextRecipe, caption_ids
+from vfm.recipes.time_order import append_reversed_clips, paired_keep_indices, time_order_loss
 
 
 class PostPretrain(VideoTextRecipe):
@@ -31,7 +32,11 @@ class PostPretrain(VideoTextRecipe):
         unmasked_fraction: the last fraction of steps trains with no patch dropping (the paper's short
             unmasked tune that closes the train/test gap).
         reverse_negatives: fraction of each batch appended again played backwards with its time-reversed
-            caption (needs ``reverse_caption`` in the shards): hard negatives for the order of events.
+            caption (needs ``reverse_caption`` in the shards): hard negatives for the order of events. A
+            reversed copy keeps its original's tokens when patches are dropped.
+        hard_negative_weight: weight of an extra InfoNCE term of each reversed clip's caption over the clip and
+            its reversed copy only (with ``reverse_negatives``): the direction of time, undiluted by the
+            in-batch negatives, which differ in far more than the order. Not in the paper (0 there).
         temperature_init: initial contrastive temperature (CLIP's 1/100 when starting from a trained CLIP;
             from random towers CLIP's own pretraining starts at 0.07).
         temporal_init_std: 0 keeps the paper's zero temporal embedding (the model equals the image CLIP at
@@ -55,6 +60,7 @@ class PostPretrain(VideoTextRecipe):
         fusion_heads: int = 8,
         unmasked_fraction: float = 0.0,
         reverse_negatives: float = 0.0,
+        hard_negative_weight: float = 0.0,
         temperature_init: float = 0.01,
         temporal_init_std: float = 0.0,
         grad_checkpointing: bool = False,
@@ -88,31 +94,26 @@ class PostPretrain(VideoTextRecipe):
     def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return self.text(text).embedding
 
-    def _with_reversed_clips(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        video, text, text_mask, captions = batch["video"], batch["text"], batch["text_mask"], batch["caption"]
-        count = round(self.hparams.reverse_negatives * video.shape[0])
-        if count == 0 or "reverse_text" not in batch:
-            return video, text, text_mask, captions
-        video = torch.cat([video, video[:count].flip(1)])
-        text = torch.cat([text, batch["reverse_text"][:count]])
-        text_mask = torch.cat([text_mask, batch["reverse_text_mask"][:count]])
-        # A reversed clip's caption is its own: mark it distinct even if the text repeats elsewhere.
-        return video, text, text_mask, captions + [f"\x00reversed\x00{c}" for c in captions[:count]]
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
         self.video.drop_ratio = 0.0 if self.training_progress() >= 1 - h.unmasked_fraction else h.drop_ratio
-        video, text, text_mask, captions = self._with_reversed_clips(batch)
-        tokens = self.video.forward_features(video)
-        vtc = self.vtc(self.video.forward_head(tokens), self.text(text).embedding, caption_ids(captions, text.device))
+        both = append_reversed_clips(batch, h.reverse_negatives)
+        tokens = self.video.forward_features(both.video, paired_keep_indices(self.video, both.video, both.size))
+        video_embedding, text_embedding = self.video.forward_head(tokens), self.text(both.text).embedding
+        vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, both.text.device))
         loss = h.vtc_weight * vtc
         logs = {"train/vtc": vtc, "train/temperature": 1 / self.vtc.logit_scale().detach()}
+        if h.hard_negative_weight > 0:
+            order = time_order_loss(both.size, video_embedding, text_embedding, self.vtc.logit_scale())
+            if order is not None:
+                loss = loss + h.hard_negative_weight * order
+                logs["train/hard_negative"] = order
         if self.fusion is not None:
-            masked, labels = mask_text_tokens(text, text_mask, h.text_mask_prob)
-            fused = self.fusion(self.text(masked).tokens, tokens, text_mask)
+            masked, labels = mask_text_tokens(both.text, both.text_mask, h.text_mask_prob)
+            fused = self.fusion(self.text(masked).tokens, tokens, both.text_mask)
             mlm = masked_lm_loss(self.fusion.mlm_logits(fused, labels), labels)
             loss = loss + h.mlm_weight * mlm
             logs["train/mlm"] = mlm
         logs["train/loss"] = loss
-        self.log_dict(logs, prog_bar=True, batch_size=video.shape[0])
+        self.log_dict(logs, prog_bar=True, batch_size=both.video.shape[0])
         return loss
