@@ -1,0 +1,177 @@
+"""UMT stage 1: the frozen teacher, semantic masking, alignment heads and loss, the recipe and its checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vfm.cli import main
+from vfm.losses.alignment import alignment_loss
+from vfm.models import VideoViT, create_clip, weighted_keep_indices
+from vfm.models.teacher import FrozenTeacher
+from vfm.recipes.umt import UnmaskedTeacher
+from vfm.recipes.umt_teacher import build_teacher
+
+from conftest import clip_sample, write_shards
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+STUDENT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads": 2, "num_frames": 4}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    """A random vit-tiny-test open_clip checkpoint (32 px, patch 8, 2 blocks, width 64, output 32)."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        clip = create_clip("vit-tiny-test")
+    path = tmp_path_factory.mktemp("teacher") / "open_clip_tiny.pt"
+    torch.save(clip.state_dict(), path)
+    return path
+
+
+def recipe(teacher_file: Path, **overrides) -> UnmaskedTeacher:
+    kwargs = dict(student=STUDENT, teacher=str(teacher_file), teacher_model="vit-tiny-test", align_layers=2,
+                  teacher_autocast=False, drop_path_rate=0.0, lr_reference_batch=None)
+    return UnmaskedTeacher(**(kwargs | overrides))
+
+
+def test_teacher_is_frozen_in_eval_and_outside_the_module_tree(teacher_file):
+    model = recipe(teacher_file)
+    teacher = model.align.teacher
+    assert all(not name.startswith("align.teacher") for name, _ in model.named_parameters())
+    assert not any(key.startswith("align.teacher") for key in model.state_dict())
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    model.train()
+    assert model.video.training and not teacher.model.training
+    model.double()  # device / dtype moves reach the hidden teacher
+    assert next(teacher.model.parameters()).dtype == torch.float64
+    from vfm.recipes.optim import parameter_groups
+
+    in_optimizer = {id(p) for group in parameter_groups(model, 0.05) for p in group["params"]}
+    assert in_optimizer and not in_optimizer & {id(p) for p in teacher.model.parameters()}
+
+
+def test_one_teacher_pass_matches_separate_attention_and_intermediate_passes(teacher_file):
+    teacher = build_teacher(str(teacher_file), "vit-tiny-test", num_layers=2, autocast=False, num_frames=4)
+    video = torch.randn(2, 4, 3, 32, 32)
+    output = teacher(video)
+    reference_attention = teacher.model.last_cls_attention(video)
+    torch.testing.assert_close(output.cls_attention, reference_attention)
+    assert ((output.cls_attention.sum(-1) > 0) & (output.cls_attention.sum(-1) < 1)).all()  # CLS-to-CLS left out
+    # frame by frame = the image CLIP on each frame
+    frames = teacher.model.forward_intermediates(video.flatten(0, 1)[:, None], indices=2, intermediates_only=True)
+    for ours, per_frame in zip(output.layers, frames):
+        torch.testing.assert_close(ours, per_frame[:, 1:].reshape(2, 4 * 16, -1))
+
+
+def test_targets_equal_the_naive_all_token_projection(teacher_file):
+    teacher = build_teacher(str(teacher_file), "vit-tiny-test", num_layers=2, autocast=False, num_frames=4)
+    video = torch.randn(2, 4, 3, 32, 32)
+    output = teacher(video)
+    keep = weighted_keep_indices(output.cls_attention, 0.75)
+    assert keep.shape == (2, 4 * 4)
+    model = teacher.model
+    # the official way: ln_post and proj on every token of every layer, normalise, then select the kept ones
+    full = [F.normalize(model.ln_post(layer) @ model.proj, dim=-1) for layer in output.layers]
+    naive = torch.stack([torch.stack([f[b, keep[b]] for b in range(2)]) for f in full])
+    torch.testing.assert_close(teacher.targets(output.layers, keep), naive)
+
+
+def test_teacher_resizes_input_to_its_resolution(teacher_file):
+    teacher = build_teacher(str(teacher_file), "vit-tiny-test", num_layers=1, autocast=False, num_frames=2)
+    video = torch.randn(1, 2, 3, 16, 16)
+    output = teacher(video)
+    assert output.cls_attention.shape == (1, 2, 16)  # the teacher's 4 x 4 grid at 32 px
+    resized = F.interpolate(video[0], size=(32, 32), mode="bicubic", align_corners=False)[None]
+    torch.testing.assert_close(output.cls_attention, teacher(resized).cls_attention)
+
+
+def test_weighted_masking_matches_sequential_multinomial_draws():
+    """Gumbel top-k = the official successive draws without replacement (torch.multinomial), k = 2 of 4."""
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    count = 40000
+    ours = weighted_keep_indices(weights.expand(count, 1, 4), 0.5, torch.Generator().manual_seed(0))
+    reference = torch.multinomial(weights.expand(count, 4), 2, generator=torch.Generator().manual_seed(1))
+    ours_freq = torch.bincount(ours.flatten(), minlength=4) / count
+    reference_freq = torch.bincount(reference.flatten(), minlength=4) / count
+    torch.testing.assert_close(ours_freq, reference_freq, atol=0.015, rtol=0)
+    assert ours_freq[0] > 0.8 and ours_freq[3] < 0.2  # not uniform
+
+
+def test_alignment_loss_against_a_per_token_reference():
+    student, teacher = torch.randn(2, 3, 5, 8), F.normalize(torch.randn(2, 3, 5, 8), dim=-1)
+    total = 0.0
+    for k in range(2):
+        for b in range(3):
+            for n in range(5):
+                s = student[k, b, n] / student[k, b, n].norm()
+                total += 2 - 2 * float(s @ teacher[k, b, n])
+    assert math.isclose(float(alignment_loss(student, teacher)), total / 30, rel_tol=1e-5)
+    assert float(alignment_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_student_sees_only_kept_tokens_and_the_loss_goes_down(teacher_file):
+    torch.manual_seed(0)
+    model = recipe(teacher_file, lr=3e-3)
+    video = torch.randn(4, 4, 3, 32, 32)
+    distill = model.align.distill_targets(video, 0.75)
+    layers = model.video.forward_intermediates(video, indices=2, keep=distill.keep, intermediates_only=True)
+    assert layers[0].shape == (4, 16, 32)  # 4 of 16 patches in each of 4 frames, no CLS token
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model.alignment_step(video)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_grid_mismatch_between_student_and_teacher_is_an_error(teacher_file):
+    with pytest.raises(ValueError, match="patch grid"):
+        recipe(teacher_file, student=STUDENT | {"patch_size": 16})
+
+
+@pytest.fixture(scope="module")
+def umt_shards(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("umt_shards")
+    write_shards(directory, [clip_sample(i) for i in range(16)], 8, "train")
+    write_shards(directory, [clip_sample(100 + i) for i in range(8)], 4, "val")
+    return directory
+
+
+def test_fit_saves_no_teacher_and_resume_checks_the_teacher_file(umt_shards, teacher_file, tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(teacher_file.read_bytes())
+    common = [
+        "--config", str(CONFIGS / "umt.yaml"),
+        "--model.student", '{"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}',
+        "--model.teacher", str(teacher), "--model.teacher_model", "vit-tiny-test",
+        "--model.align_layers", "2", "--model.teacher_autocast", "false",
+        "--data.train_shards", str(umt_shards / "train-*.tar"), "--data.val_shards", str(umt_shards / "val-*.tar"),
+        "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4",
+        "--data.num_workers", "0", "--data.samples_per_epoch", "16",
+        "--trainer.precision", "32-true", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar", "false",
+    ]
+    fit = main(["fit", *common, "--trainer.max_epochs", "1"])
+    path = fit.trainer.checkpoint_callback.last_model_path
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    assert not any("teacher" in key for key in checkpoint["state_dict"])
+    assert any(key.startswith("align.heads.heads.1.head") for key in checkpoint["state_dict"])
+    assert checkpoint["umt_teacher"]["source"] == str(teacher)
+    assert len(checkpoint["umt_teacher"]["sha256"]) == 64
+    assert checkpoint["video_config"]["cls_token"] is False  # self-describing for init_from / linear probes
+    tested = main(["test", *common, f"--ckpt_path={path}"])
+    assert 0 <= float(tested.trainer.callback_metrics["test/alignment"]) <= 4
+
+    state = torch.load(teacher, weights_only=True)
+    state["visual.proj"] = state["visual.proj"] * 2
+    torch.save(state, teacher)  # the same path now holds another teacher
+    with pytest.raises(ValueError, match="trained with teacher"):
+        main(["fit", *common, f"--ckpt_path={path}", "--trainer.max_epochs", "2"])

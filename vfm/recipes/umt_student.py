@@ -1,0 +1,61 @@
+"""The UMT student's architecture and the optimiser settings both UMT stages share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vfm.recipes.optim import build_adamw, warmup_cosine
+
+# ViT-B/16 from scratch: tubelet 1 (frames embedded one by one), fixed sin-cos positions, no CLS token,
+# mean pooling, no pre-norm, LayerNorm eps 1e-6 (the released students' settings)
+STUDENT_DEFAULTS: dict[str, Any] = {
+    "image_size": 224,
+    "patch_size": 16,
+    "width": 768,
+    "layers": 12,
+    "heads": 12,
+    "mlp_ratio": 4.0,
+    "num_frames": 8,
+    "output_dim": None,
+}
+STUDENT_FIXED: dict[str, Any] = {
+    "cls_token": False,
+    "pos_embed": "sincos",
+    "pool": "mean",
+    "ln_pre": False,
+    "norm_eps": 1e-6,
+    "attention": "joint",
+}
+
+
+def student_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`VideoViT` arguments of the student: B/16 defaults, the given sizes, UMT's fixed choices."""
+    overrides = dict(overrides or {})
+    clashing = {k: v for k, v in overrides.items() if k in STUDENT_FIXED and v != STUDENT_FIXED[k]}
+    if clashing:
+        raise ValueError(f"the UMT student fixes {sorted(clashing)} to {[STUDENT_FIXED[k] for k in clashing]}")
+    for key in ("drop_path_rate", "drop_ratio"):
+        if key in overrides:
+            raise ValueError(f"set {key} on the recipe, not in the student's architecture")
+    return STUDENT_DEFAULTS | overrides | STUDENT_FIXED
+
+
+def scaled_lr(module, lr: float, reference_batch: int | None) -> float:
+    """UMT's linear scaling: lr x global batch / reference_batch (as given when reference_batch is None)."""
+    trainer = module._trainer
+    data = getattr(trainer, "datamodule", None) if trainer is not None else None
+    batch = getattr(data, "hparams", {}).get("batch_size") if data is not None else None
+    if not reference_batch or batch is None:
+        return lr
+    global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+    return lr * global_batch / reference_batch
+
+
+def configure_adamw_cosine(module) -> dict[str, Any]:
+    h = module.hparams
+    optimizer = build_adamw(module, scaled_lr(module, h.lr, h.lr_reference_batch), h.weight_decay, h.betas)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, h.warmup, h.min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
