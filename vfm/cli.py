@@ -10,9 +10,14 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import Precision
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from vfm.callbacks import DataHealth, EmbeddingWriter
 from vfm.data.datamodule import VideoTextDataModule
+from vfm.fault_tolerance import AtomicCheckpointIO, NonFiniteLossGuard, PreemptionCheckpoint
+from vfm.runs import last_checkpoint_version, resolve_precision
+from vfm.throughput import Throughput
 
 
 class VFMCLI(LightningCLI):
@@ -22,6 +27,12 @@ class VFMCLI(LightningCLI):
     logging, configured under ``lr_monitor``, ``checkpoint`` and ``data_health``; ``predict`` writes the
     embeddings and sample keys under ``prediction_writer.output_dir``; and a rich progress bar
     unless ``trainer.enable_progress_bar`` is false or another progress bar is configured.
+
+    For long runs: throughput and MFU logging (``throughput``), ``last.ckpt`` written on SIGTERM / SIGUSR1
+    (``preemption``), non-finite losses skipped and the run stopped after ``nonfinite.max_consecutive`` in a row,
+    checkpoint files replaced atomically, ``trainer.precision: null`` resolved to bf16-mixed on a GPU that
+    has it (16-mixed on older GPUs, 32-true on the CPU), and ``--ckpt_path last`` finding the newest
+    ``last.ckpt`` of earlier runs under ``default_root_dir`` and logging on into that run's version folder.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -32,18 +43,36 @@ class VFMCLI(LightningCLI):
         parser.add_lightning_class_args(DataHealth, "data_health")
         # predict writes embeddings + sample keys (prediction_writer.output_dir, default <root>/predictions)
         parser.add_lightning_class_args(EmbeddingWriter, "prediction_writer")
+        parser.add_lightning_class_args(Throughput, "throughput")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
         parser.set_defaults({"trainer.default_root_dir": "outputs/runs"})
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # `logger: true` (Lightning's default) means both CSV and TensorBoard logs under default_root_dir.
         if config.get("logger") in (True, None):
             root = config.get("default_root_dir") or "outputs/runs"
-            csv = CSVLogger(save_dir=root)
+            csv = CSVLogger(save_dir=root, version=self._resumed_version(root))
             config["logger"] = [csv, TensorBoardLogger(save_dir=root, version=csv.version)]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, Precision) for plugin in plugins):
+            config["precision"] = resolve_precision(config.get("precision"), config.get("accelerator"))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         configured = list(callbacks) + list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def _resumed_version(self, root: str) -> int | None:
+        """With ``--ckpt_path last`` and the default checkpoint folder (under the logger's version), the version
+        whose ``last.ckpt`` is newest: Lightning then finds that checkpoint, and logs continue in its folder."""
+        config = self.config.get(str(self.subcommand), {}) if self.subcommand else {}
+        checkpoint = config.get("checkpoint") or {}
+        if config.get("ckpt_path") != "last" or checkpoint.get("dirpath"):
+            return None
+        return last_checkpoint_version(root)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> VFMCLI:
