@@ -17,7 +17,8 @@ def architecture_args(*configs: Path) -> list[str]:
     init_args = {}
     for config in configs:
         init_args.update(yaml.safe_load(config.read_text()).get("model", {}).get("init_args", {}))
-    if "init_from" in init_args and init_args["init_from"] is None and "model" not in init_args:
+    describes = "model" in init_args or "student" in init_args  # UMT names its architecture `student`
+    if "init_from" in init_args and init_args["init_from"] is None and not describes:
         return ["--model.model", "vit-tiny-test"]
     return []
 

@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import clip_sample, write_shards
 
 from vfm.cli import main
 from vfm.losses.alignment import alignment_loss
-from vfm.models import VideoViT, create_clip, weighted_keep_indices
-from vfm.models.teacher import FrozenTeacher
+from vfm.models import create_clip, weighted_keep_indices
 from vfm.recipes.umt import UnmaskedTeacher
 from vfm.recipes.umt_teacher import build_teacher
-
-from conftest import clip_sample, write_shards
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 STUDENT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads": 2, "num_frames": 4}

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vfm.data.datasets import EvalStream, TrainStream
+from vfm.data.interleave import InterleavedStream
 from vfm.data.samples import ClipSettings, SampleProcessor, load_classes
 from vfm.data.shards import count_samples, expand_urls
 from vfm.data.text import CaptionTokenizer
@@ -43,6 +44,9 @@ class VideoTextDataModule(L.LightningDataModule):
         resampled: draw training shards with replacement (any shard count works); without it each reader
             cycles through its own shards, which needs at least ranks x workers shards.
         seed: seeds shard order, frame sampling and crops together with epoch, rank, worker and resumes.
+        image_shards, image_batch_size: an image-text training stream whose batches (1-frame clips) alternate
+            with the video batches step by step (UMT stage 2); as many image batches as video batches per
+            epoch, ``samples_per_epoch`` counting the video samples.
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class VideoTextDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = OPENAI_CLIP_STD,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
+        image_shards: ShardSpec = None,
+        image_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -129,12 +135,22 @@ class VideoTextDataModule(L.LightningDataModule):
         )
 
     # ---- Lightning hooks -------------------------------------------------------------------------
-    def train_dataset(self) -> TrainStream:
+    def train_dataset(self) -> TrainStream | InterleavedStream:
+        video = self._train_stream(self.hparams.train_shards, self.hparams.batch_size)
+        if self.hparams.image_shards is None:
+            return video
+        image_batch = self.hparams.image_batch_size or self.hparams.batch_size
+        images = self._train_stream(self.hparams.image_shards, image_batch, len(video), seed_offset=1)
+        return InterleavedStream([images, video])
+
+    def _train_stream(
+        self, shards: ShardSpec, batch_size: int, num_batches: int | None = None, seed_offset: int = 0
+    ) -> TrainStream:
         h = self.hparams
-        if h.train_shards is None:
+        if shards is None:
             raise ValueError("data.train_shards is not set: give a glob, a brace pattern or a list of shards")
         rank, world_size = self._distributed()
-        urls = expand_urls(h.train_shards)
+        urls = expand_urls(shards)
         readers = world_size * max(h.num_workers, 1)
         if not h.resampled and len(urls) < readers:
             raise ValueError(
@@ -142,16 +158,16 @@ class VideoTextDataModule(L.LightningDataModule):
                 f"= {readers} readers without resampling: make at least {readers} shards "
                 "(make_shards --samples-per-shard smaller), use fewer workers, or set data.resampled=true"
             )
-        num_batches = h.samples_per_epoch // (h.batch_size * world_size)
+        num_batches = num_batches or h.samples_per_epoch // (batch_size * world_size)
         if num_batches < 1:
             raise ValueError(
-                f"samples_per_epoch={h.samples_per_epoch} is less than one batch of {h.batch_size} on each of "
+                f"samples_per_epoch={h.samples_per_epoch} is less than one batch of {batch_size} on each of "
                 f"{world_size} devices"
             )
         offsets = _offsets(urls)
         return TrainStream(
-            urls, self._processor(train=True), h.batch_size, num_batches, offsets, rank, world_size, h.seed,
-            h.resampled, h.shuffle_buffer, self._start_epoch, self._resume_token,
+            urls, self._processor(train=True), batch_size, num_batches, offsets, rank, world_size,
+            h.seed + seed_offset, h.resampled, h.shuffle_buffer, self._start_epoch, self._resume_token,
         )
 
     def eval_dataset(self, spec: ShardSpec, views: tuple[int, int] = (1, 1)) -> EvalStream:
