@@ -26,13 +26,20 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_scale: float = 100.0, max_scale: float = 100.0, min_scale: float = 1.0) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        # shape [1], not a 0-d tensor: FSDP cannot shard 0-d parameters (0-d values in state dicts still load)
+        self.log_scale = nn.Parameter(torch.tensor([math.log(init_scale)]))
         self.log_min, self.log_max = math.log(min_scale), math.log(max_scale)
 
     def forward(self) -> torch.Tensor:
-        with torch.no_grad():
-            self.log_scale.clamp_(self.log_min, self.log_max)
-        return self.log_scale.exp()
+        # on `.data`: under FSDP the parameter is a view into a flat buffer, which autograd forbids to modify
+        self.log_scale.data.clamp_(self.log_min, self.log_max)
+        return self.log_scale.exp().squeeze(0)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        key = prefix + "log_scale"
+        if key in state_dict and state_dict[key].numel() == 1:
+            state_dict[key] = state_dict[key].reshape(self.log_scale.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def temperature(self) -> float:
