@@ -62,3 +62,13 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
         return [model]
     visit(model)
     return found
+
+
+def compile_blocks(model: nn.Module, **options) -> int:
+    """``torch.compile`` every outermost transformer block of ``model`` in place (``module.compile``: parameter
+    names and checkpoints are unchanged); returns how many. Per block rather than per tower: the towers'
+    Python (token dropping, masks) stays eager, each block is one graph, and FSDP units (blocks) wrap it."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compile(**options)
+    return len(blocks)

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from vfm.models.blocks import compile_blocks
 from vfm.recipes.optim import build_adamw, warmup_cosine
 from vfm.recipes.retrieval_eval import RetrievalEvaluator
 
@@ -30,9 +31,13 @@ class VideoTextRecipe(L.LightningModule):
         warmup: float = 0.05,
         min_lr_ratio: float = 0.0,
         temporal_eval: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.evaluator = RetrievalEvaluator()
+        self.compile_enabled = compile
+        self.compile_options: dict = {}  # torch.compile arguments, e.g. {"backend": "aot_eager", "mode": ...}
+        self._compiled = False
 
     # ---- subclasses ------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -40,6 +45,12 @@ class VideoTextRecipe(L.LightningModule):
 
     def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def configure_model(self) -> None:
+        """With ``compile``: compiles every transformer block (before FSDP wraps them, once)."""
+        if self.compile_enabled and not self._compiled:
+            compile_blocks(self, **self.compile_options)
+            self._compiled = True
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

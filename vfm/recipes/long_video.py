@@ -58,6 +58,8 @@ class LongVideoContrastive(VideoTextRecipe):
             parameters, and most rows are words a caption corpus never uses.
         context_length: text tokens the text tower accepts; a larger value than the model's extends its
             position table (long-video captions outgrow 77 tokens).
+        compile: ``torch.compile`` each transformer block when the model is set up (same results, faster steps
+            after the first ones compile).
         grad_checkpointing: recompute each block's activations in backward (memory for compute).
         hard_negative_weight: weight of extra InfoNCE terms for the order of events: each clip over its
             caption and its hard negative caption (``swapped_text``: two events swapped; else
@@ -93,8 +95,9 @@ class LongVideoContrastive(VideoTextRecipe):
         warmup: float = 0.05,
         min_lr_ratio: float = 0.0,
         temporal_eval: bool = True,
+        compile: bool = False,
     ) -> None:
-        super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval)
+        super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval, compile)
         self.save_hyperparameters()
         self.video, self.text = create_towers(
             model, pretrained, num_frames=num_frames, attention=attention, pool=pool,
