@@ -7,7 +7,7 @@ import json
 
 from vfm.bench.report import REPORT, update_report
 
-BENCHMARKS = ("loader", "model_step", "long_video")
+BENCHMARKS = ("loader", "model_step", "long_video", "recipe_mfu")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> dict:
             entries = run()
         elif name == "long_video":
             from vfm.bench.long_video import run
+
+            entries = run()
+        elif name == "recipe_mfu":
+            from vfm.bench.recipe_mfu import run
 
             entries = run()
         report = update_report(entries)

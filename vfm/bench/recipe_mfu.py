@@ -1,0 +1,124 @@
+"""Model FLOPs utilisation of one training step of each recipe at paper scale (ViT-B/16, 8 frames, 224 px).
+
+On the CPU (``mfu_cpu_<recipe>``): batch 2 under bf16 autocast, against this machine's bf16 matmul peak measured
+in the same run, as ``mfu_cpu`` of the model-step benchmark does for post-pretraining. On a GPU
+(``mfu_gpu_<recipe>``): bf16 autocast, batch ``gpu_batch_size``, against the dense bf16 tensor-core peak of the
+device (`vfm.flops.GPU_PEAK_FLOPS`), with samples/s and peak memory. FLOPs are counted by
+`vfm.flops.count_step_flops` (forward + backward, the recipe's own dropping). Recipes register a factory in
+``RECIPES``: a function of (frames, image size) returning the LightningModule.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from vfm.flops import count_step_flops, gpu_peak_flops, matmul_peak
+
+
+def _long_video(num_frames: int, image_size: int) -> torch.nn.Module:
+    from vfm.recipes.long_video import LongVideoContrastive
+
+    return LongVideoContrastive(model="ViT-B-16", num_frames=num_frames)  # 75% masking, all layers trained
+
+
+RECIPES: dict[str, Callable[[int, int], torch.nn.Module]] = {"long_video": _long_video}
+
+
+def video_text_batch(batch_size: int, num_frames: int, size: int, device: torch.device, context: int = 32) -> dict:
+    text = torch.randint(1, 49000, (batch_size, context))
+    text[:, 0], text[:, 12], text[:, 13:] = 49406, 49407, 0
+    return {
+        "video": torch.randn(batch_size, num_frames, 3, size, size, device=device),
+        "text": text.to(device),
+        "text_mask": (text != 0).to(device),
+        "caption": [f"caption {i}" for i in range(batch_size)],
+    }
+
+
+class RecipeStep:
+    """One recipe, its AdamW and one batch on a device: a bf16-autocast training step to time and count."""
+
+    def __init__(self, factory: Callable, batch_size: int, num_frames: int, size: int, device: torch.device) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random towers: only shapes matter
+            self.recipe = factory(num_frames, size).to(device).train()
+        self.recipe.log_dict = lambda *args, **kwargs: None  # no trainer attached
+        params = [p for p in self.recipe.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda" or None)
+        self.batch, self.device = video_text_batch(batch_size, num_frames, size, device), device
+
+    def step(self, counter=None) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            loss = self.recipe.training_step(self.batch, 0)
+        if counter is not None:
+            counter.start_backward()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def seconds(self, repeats: int) -> float:
+        self.step()  # warm-up
+        times = []
+        for _ in range(repeats):
+            _sync(self.device)
+            start = time.perf_counter()
+            self.step()
+            _sync(self.device)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    def flops(self) -> int:
+        with count_step_flops() as counter:
+            self.step(counter)
+        return counter.total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name: str, device: torch.device, batch_size: int, num_frames: int, size: int, repeats: int) -> dict:
+    step = RecipeStep(RECIPES[name], batch_size, num_frames, size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = step.seconds(repeats)
+    flops = step.flops()
+    result = {
+        "step_seconds": round(seconds, 4), "model_flops_per_step": flops, "batch_size": batch_size,
+        "samples_per_s": round(batch_size / seconds, 3), "tflops_per_s": round(flops / seconds / 1e12, 4),
+    }  # fmt: skip
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return result
+
+
+def run(
+    names: tuple[str, ...] | None = None,
+    cpu_batch_size: int = 2,
+    gpu_batch_size: int = 32,
+    num_frames: int = 8,
+    size: int = 224,
+    repeats: int = 3,
+) -> dict:
+    names = tuple(names or RECIPES)
+    entries, detail = {}, {"model": "ViT-B-16", "num_frames": num_frames, "image_size": size, "dtype": "bf16"}
+    cpu_peak = matmul_peak(torch.bfloat16)
+    detail["cpu_matmul_peak_gflops_bf16"] = round(cpu_peak / 1e9, 1)
+    for name in names:
+        cpu = measure(name, torch.device("cpu"), cpu_batch_size, num_frames, size, repeats)
+        entries[f"mfu_cpu_{name}"] = round(cpu["tflops_per_s"] * 1e12 / cpu_peak, 3)
+        detail[f"{name}_cpu"] = cpu
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+            gpu = measure(name, device, gpu_batch_size, num_frames, size, repeats)
+            peak = gpu_peak_flops(torch.cuda.get_device_name(device), torch.bfloat16)
+            if peak:
+                entries[f"mfu_gpu_{name}"] = round(gpu["tflops_per_s"] * 1e12 / peak, 3)
+            detail[f"{name}_gpu"] = {**gpu, "device": torch.cuda.get_device_name(device), "peak_tflops": peak}
+    detail["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU available"
+    return {**entries, "recipe_mfu_detail": detail}
