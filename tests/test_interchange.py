@@ -139,18 +139,109 @@ def test_umt_student_converts_block_by_block(stage):
     config = resolve_video_config(converted, None, None)
     assert (config["cls_token"], config["pool"], config["heads"]) == (False, "mean", 1)
     video = VideoViT(**config).eval()
-    report = load_weights(video, {k[6:]: v for k, v in converted.state.items()})
+    report = load_weights(video, {k[6:]: v for k, v in converted.state.items() if k.startswith("video.")})
     assert not report.missing and not report.unexpected
     assert f"{prefix}patch_embed.proj.bias" in converted.skipped  # reported, since VideoViT has no patch bias
-    assert any("clip_decoder" in key for key in converted.skipped)
+    assert "align.heads.heads.0.head.weight" in converted.state  # the alignment heads keep their weights
     if stage == 2:
         assert torch.equal(video.proj, state["vision_proj.weight"].T)
-        assert {"vision_proj.bias", "itm_head.weight", "text_encoder.bert.embeddings.word_embeddings.weight"} <= set(
-            converted.skipped)
+        assert {"vision_proj.bias", "itm_head.weight", "text.bert.embeddings.word_embeddings.weight"} <= set(
+            converted.state)
     tokens = torch.randn(2, 10, 64)
     with torch.no_grad():
         ours = video.blocks[0](tokens, num_frames=1, num_prefix_tokens=0)
     torch.testing.assert_close(ours, umt_block_reference(state, f"{prefix}blocks.0.", tokens, heads=1))
+
+
+UMT_STUDENT = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 1, "num_frames": 4,
+               "ls_init_value": 1.0}
+UMT_BERT = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 16}
+
+
+@pytest.fixture(scope="module")
+def umt_teacher_file(tmp_path_factory):
+    """A random vit-tiny-test CLIP (32 px, patch 8: the students' grid; output width 32) as the frozen teacher."""
+    torch.manual_seed(1)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        teacher = create_clip("vit-tiny-test")
+    path = tmp_path_factory.mktemp("umt_teacher") / "teacher.pt"
+    torch.save(teacher.state_dict(), path)
+    return path
+
+
+def released_umt(stage: int) -> dict[str, torch.Tensor]:
+    """A UMT release in miniature: the released names and shapes (ViT student of width 64, 2 aligned layers
+    to a 32-wide teacher; stage 2 adds BERT with fusion from layer 2, projections to 16, temp, VTM head)."""
+    from vfm.models.bert import build_bert_fusion
+
+    prefix = "encoder." if stage == 1 else "vision_encoder.encoder."
+    decoder = "clip_decoder." if stage == 1 else "vision_encoder.clip_decoder."
+    state = umt_state(prefix)
+    for k in range(2):
+        state |= {f"{decoder}{k}.head.weight": torch.randn(32, 64), f"{decoder}{k}.head.bias": torch.randn(32),
+                  f"{decoder}{k}.norm.weight": torch.randn(32), f"{decoder}{k}.norm.bias": torch.randn(32)}
+    if stage == 2:
+        bert = build_bert_fusion(UMT_BERT, fusion_layer=2, video_width=64)
+        for module in bert.modules():  # every tensor random, so a wrong mapping cannot pass by chance
+            for param in module.parameters(recurse=False):
+                torch.nn.init.normal_(param)
+        state |= {f"text_encoder.{k}": v.clone() for k, v in bert.state_dict().items()}
+        state |= {
+            "vision_encoder.pool_norm.weight": torch.randn(64), "vision_encoder.pool_norm.bias": torch.randn(64),
+            "vision_proj.weight": torch.randn(16, 64), "vision_proj.bias": torch.randn(16),
+            "text_proj.weight": torch.randn(16, 32), "text_proj.bias": torch.randn(16),
+            "itm_head.weight": torch.randn(2, 32), "itm_head.bias": torch.randn(2), "temp": torch.tensor(0.05),
+            "clip_teacher.conv1.weight": torch.randn(64, 3, 1, 8, 8),
+            "clip_teacher.transformer.resblocks.0.attn.in_proj_weight": torch.randn(192, 64),
+        }
+        # the released BERT names (ALBEF's xbert = HF's), spelt out once
+        assert state["text_encoder.bert.encoder.layer.2.crossattention.self.key.weight"].shape == (32, 64)
+        assert "text_encoder.cls.predictions.transform.dense.weight" in state
+        assert "text_encoder.bert.encoder.layer.1.crossattention.self.key.weight" not in state
+    return state
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_released_umt_files_round_trip_strictly_through_the_umt_recipes(stage, umt_teacher_file, tmp_path):
+    from vfm.models.convert_umt import export_umt
+    from vfm.recipes.umt import UnmaskedTeacher
+    from vfm.recipes.umt_multimodal import UnmaskedTeacherMultimodal
+
+    released = released_umt(stage)
+    path = tmp_path / f"umt_stage{stage}.pth"
+    torch.save({"model": released}, path)  # the released files are wrapped
+    converted = load_init_weights(path)
+    assert converted.format == "umt"
+    teacher = {"teacher": str(umt_teacher_file), "teacher_model": "vit-tiny-test", "align_layers": 2,
+               "teacher_autocast": False}
+    if stage == 1:
+        recipe = UnmaskedTeacher(student=UMT_STUDENT, **teacher)
+    else:
+        recipe = UnmaskedTeacherMultimodal(student=UMT_STUDENT, text_model=UMT_BERT, fusion_layer=2, embed_dim=16,
+                                           **teacher)
+    state = {k: v for k, v in converted.state.items() if k != "video.proj"}  # the stage-2 student has no proj
+    report = load_weights(recipe, state, strict=True)  # every recipe tensor filled, every converted one used
+    assert not report.missing and not report.unexpected
+    skipped = set(converted.skipped)
+    assert any(key.endswith("patch_embed.proj.bias") for key in skipped)
+    assert {k for k in skipped if k.startswith("clip_teacher.")} == {k for k in released if k.startswith("clip_teacher.")}
+    exported = export_umt(recipe.state_dict(), stage)
+    assert set(exported) == set(released) - skipped
+    for key, value in exported.items():
+        torch.testing.assert_close(value, released[key], msg=key)
+
+
+def test_umt_import_into_a_mismatched_student_fails_loudly(umt_teacher_file):
+    from vfm.recipes.umt import UnmaskedTeacher
+
+    converted = convert_state_dict(released_umt(1))
+    recipe = UnmaskedTeacher(student=UMT_STUDENT | {"width": 128, "heads": 2}, teacher=str(umt_teacher_file),
+                             teacher_model="vit-tiny-test", align_layers=2, teacher_autocast=False)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_weights(recipe, converted.state)
+    with pytest.raises(RuntimeError, match="no tensor"):
+        load_weights(recipe.video, converted.state)  # video.* names against the bare tower: nothing matches
 
 
 def test_unknown_weights_are_a_clear_error():

@@ -19,6 +19,7 @@ from vfm.cli import main as cli
 
 SUMMARY = Path("outputs/demo/summary.json")
 CONFIGS = Path("configs")
+UMT_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "chance_r1", "t2v_r1_reranked", "v2t_r1_reranked")
 LONG_VIDEO_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "temporal_text_acc", "temporal_video_acc", "chance_r1")
 # name -> (recipe config, keys reported from the test metrics); the overlay is configs/demo/<recipe config>
 ENTRIES = {
@@ -26,17 +27,33 @@ ENTRIES = {
     "long_video": ("long_video_long.yaml", LONG_VIDEO_KEYS),
     "long_video_frame": ("long_video_long.yaml", LONG_VIDEO_KEYS),
     "finetune_classification": ("finetune_classification.yaml", ("top1", "top5", "chance_top1", "majority_top1")),
+    "umt": ("umt.yaml", ("alignment",)),
+    "umt_multimodal": ("umt_multimodal.yaml", UMT_KEYS),
+    "umt_no_teacher": ("umt_multimodal.yaml", UMT_KEYS),
 }
 # name -> the entry whose checkpoint it starts from (``--model.init_from``, read from the summary)
 INIT_FROM = {
     "long_video": "post_pretrain",
     "long_video_frame": "post_pretrain",
     "finetune_classification": "post_pretrain",
+    "umt_multimodal": "umt",
 }
+# name -> the entry whose checkpoint is its frozen teacher (``--model.teacher``): the post-pretrained model teaches
+TEACHER_FROM = {"umt": "post_pretrain", "umt_multimodal": "post_pretrain"}
+# name -> {prefix: overrides} of linear probes (configs/linear_probe.yaml) of the entry's own encoder
+PROBES = {"umt": {"probe": ["--data.label_key=motion"], "probe_shape": ["--data.label_key=shape"]}}
+# the BERT vocabulary of the UMT stage-2 entries (configs/demo/umt_multimodal.yaml), trained on the corpus
+WORDPIECE = Path("data/tokenizers/synthetic-wordpiece")
+WORDPIECE_SHARDS = ["data/shards/synthetic/clips/train-*.tar", "data/shards/synthetic/images/train-*.tar"]
 # name -> runs reported inside its entry with their keys prefixed (same init): {prefix: recipe config}
 VARIANTS = {"finetune_classification": {"linear_probe": "linear_probe.yaml"}}
 # name -> command-line overrides on top of its two configs (variants of one recipe)
-ENTRY_ARGS = {"long_video_frame": ["--model.attention=frame"]}
+# umt_no_teacher: the umt_multimodal student and data, no teacher, as many steps as umt + umt_multimodal
+# (80 stage-1 steps + 120 stage-2 steps = 200 steps: 3200 video samples, each batch followed by an image batch)
+ENTRY_ARGS = {
+    "long_video_frame": ["--model.attention=frame"],
+    "umt_no_teacher": ["--model.teacher=null", "--model.mask_mode=per_frame", "--data.samples_per_epoch=3200"],
+}
 
 
 def run_entry(name: str, extra: list[str], variant: str | None = None) -> dict:
@@ -69,7 +86,36 @@ def entry_args(name: str, summary: dict) -> list[str]:
                 f"run `python -m vfm.demo --only {source} {name}`"
             )
         args.append(f"--model.init_from={checkpoint}")
+    if name in TEACHER_FROM:
+        args.append(f"--model.teacher={_checkpoint_of(TEACHER_FROM[name], name, summary)}")
     return args
+
+
+def _checkpoint_of(source: str, name: str, summary: dict) -> str:
+    checkpoint = summary.get(source, {}).get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise SystemExit(
+            f"demo entry {name!r} needs the {source!r} checkpoint: run `python -m vfm.demo --only {source}` first"
+        )
+    return checkpoint
+
+
+def run_probe(name: str, prefix: str, checkpoint: str, extra: list[str]) -> dict:
+    """A linear probe of an entry's encoder: ``{prefix}_top1`` and ``{prefix}_chance_top1``."""
+    configs = ["--config", str(CONFIGS / "linear_probe.yaml"), "--config", str(CONFIGS / "demo" / "linear_probe.yaml")]
+    args = [*configs, f"--trainer.default_root_dir=outputs/demo/{name}/{prefix}", f"--model.init_from={checkpoint}"]
+    fit = cli(["fit", *args, *extra])
+    tested = cli(["test", *args, f"--ckpt_path={fit.trainer.checkpoint_callback.last_model_path}", *extra])
+    metrics = tested.trainer.callback_metrics
+    return {f"{prefix}_{key}": round(float(metrics[f"test/{key}"]), 4) for key in ("top1", "chance_top1")}
+
+
+def prepare(name: str) -> None:
+    """Entry inputs made on first use: the BERT vocabulary of the UMT stage-2 entries."""
+    if ENTRIES[name][0] == "umt_multimodal.yaml" and not (WORDPIECE / "tokenizer.json").is_file():
+        from data_prep.wordpiece import shard_captions, train_wordpiece
+
+        train_wordpiece(shard_captions(WORDPIECE_SHARDS), WORDPIECE, vocab_size=512)
 
 
 def write_summary(summary: dict) -> None:
@@ -96,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     args, extra = parser.parse_known_args(argv)
     summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
     for name in args.only:
+        prepare(name)
         summary[name] = run_entry(name, [*entry_args(name, summary), *extra])
+        for prefix, probe_args in PROBES.get(name, {}).items():
+            summary[name] |= run_probe(name, prefix, summary[name]["checkpoint"], [*probe_args, *extra])
         for variant in VARIANTS.get(name, {}):  # e.g. the linear probe beside the fine-tune, from the same init
             result = run_entry(name, [*entry_args(name, summary), *extra], variant)
             summary[name] |= {f"{variant}_{key}": value for key, value in result.items() if key != "checkpoint"}

@@ -1,4 +1,4 @@
-"""Unmasked Teacher weights (OpenGVLab/unmasked_teacher) -> vfm's layout (``video.*``).
+"""Unmasked Teacher weights (OpenGVLab/unmasked_teacher) <-> vfm's layout (``video.*``, ``align.*``, ``text.*``).
 
 Released layouts (files may be wrapped as ``{"model": ...}``):
 
@@ -9,10 +9,15 @@ Released layouts (files may be wrapped as ``{"model": ...}``):
   ``vision_proj``, ``text_encoder.bert.*``, ``text_proj``, ``itm_head``, ``temp`` and ``clip_teacher.*``.
 
 The student has no CLS token, mean pooling and a fixed sin-cos position table, so it becomes a CLS-free,
-mean-pooled `VideoViT`. Three parts have no counterpart there and are reported as skipped: the patch
-embedding's bias, stage 2's second LayerNorm after pooling and the projection's bias; and UMT's table is 1D
-over the flattened (t, h, w) index where VideoViT's `sincos` is separable 3D. A converted student is thus
-an initialisation for fine-tuning, not the identical function.
+mean-pooled `VideoViT`. The other trained parts map onto the UMT recipes' own names (`vfm.recipes.umt`,
+`vfm.recipes.umt_multimodal`): the alignment heads ``clip_decoder.{k}`` -> ``align.heads.heads.{k}``, and in stage
+2 ``pool_norm``, ``vision_proj``, ``text_proj``, ``itm_head``, ``temp`` (-> ``vtc.logit_scale.log_scale``) and the
+BERT ``text_encoder.{bert, cls}`` -> ``text.{bert, cls}``; `export_umt` writes them back. The teacher
+(``clip_teacher.*``) is skipped: vfm never stores a teacher with its student.
+
+Two differences remain: the patch embedding's bias has no `VideoViT` counterpart (reported as skipped), and
+UMT's position table is 1D over the flattened (t, h, w) index where VideoViT's `sincos` is separable 3D. A
+converted student is thus an initialisation for fine-tuning or further training, not the identical function.
 """
 
 from __future__ import annotations
@@ -104,8 +109,32 @@ def _convert_student(state: dict[str, torch.Tensor], prefix: str, out: dict, ski
             skipped[prefix + name] = "no VideoViT counterpart (patch bias / learnable position table)"
 
 
+# released name (after the student) -> vfm recipe name; both stages
+DECODERS = {"clip_decoder.": "align.heads.heads.", "vision_encoder.clip_decoder.": "align.heads.heads."}
+STAGE2_RENAMES = {
+    "vision_encoder.pool_norm.": "pool_norm.",
+    "vision_proj.": "vision_proj.",
+    "text_proj.": "text_proj.",
+    "itm_head.": "itm_head.",
+    "text_encoder.bert.": "text.bert.",
+    "text_encoder.cls.": "text.cls.",
+}
+TEMPERATURE = "vtc.logit_scale.log_scale"
+
+
+def _rename(key: str) -> str | None:
+    for old, new in (DECODERS | STAGE2_RENAMES).items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return None
+
+
 def convert_umt(state: dict[str, torch.Tensor]) -> ConvertedWeights:
-    """A UMT stage-1 or stage-2 state dict -> ``video.*``; teacher, decoders and the BERT tower are skipped."""
+    """A UMT stage-1 or stage-2 state dict -> vfm's UMT recipe layout (``video.*``, ``align.*``, ``text.*``...).
+
+    ``vision_proj`` also becomes ``video.proj`` (its bias skipped), so a classifier or an export can use the
+    projected embedding from the student alone.
+    """
     if not is_umt(state):
         raise ValueError("not a UMT state dict: no encoder.patch_embed / vision_encoder.encoder.patch_embed")
     prefix = _student_prefix(state)
@@ -117,10 +146,50 @@ def convert_umt(state: dict[str, torch.Tensor]) -> ConvertedWeights:
             continue
         if key == "vision_proj.weight":
             converted["video.proj"] = value.T.contiguous()
-        elif key.startswith(("clip_decoder.", "vision_encoder.clip_decoder.", "clip_teacher.")):
-            skipped[key] = "teacher alignment (UTA) part: training only"
-        elif key.startswith("text_encoder."):
-            skipped[key] = "BERT text tower: vfm's TextEncoder is CLIP's"
+        if key == "temp":
+            converted[TEMPERATURE] = torch.log(1 / value.float()).reshape(1)
+        elif key.startswith("clip_teacher."):
+            skipped[key] = "frozen teacher: vfm records the teacher's file, never its weights"
+        elif key.endswith("embeddings.position_ids"):
+            skipped[key] = "BERT position ids: a constant buffer"
+        elif (name := _rename(key)) is not None:
+            converted[name] = value
         else:
-            skipped[key] = "no VideoViT counterpart"
+            skipped[key] = "no counterpart in vfm's UMT recipes"
     return ConvertedWeights(converted, "umt", None, video_config=umt_video_config(state), skipped=skipped)
+
+
+def export_umt(state: dict[str, torch.Tensor], stage: int) -> dict[str, torch.Tensor]:
+    """vfm's UMT recipe state dict -> the released layout of `stage` (1 or 2); the inverse of `convert_umt`
+    except for what vfm does not have (patch-embedding bias, teacher)."""
+    prefix = STAGE1 if stage == 1 else STAGE2
+    renames = {new: old for old, new in STAGE2_RENAMES.items()}
+    renames["align.heads.heads."] = "clip_decoder." if stage == 1 else "vision_encoder.clip_decoder."
+    inverse_blocks = {new: old for old, new in BLOCK_RENAMES.items() if not old.startswith("attn.qkv")}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("video.transformer.resblocks."):
+            index, rest = key[len("video.transformer.resblocks.") :].split(".", 1)
+            target = f"{prefix}blocks.{index}."
+            if rest == "attn.in_proj_weight":
+                out[target + "attn.qkv.weight"] = value
+            elif rest == "attn.in_proj_bias":
+                q_bias, _, v_bias = value.chunk(3)
+                out[target + "attn.q_bias"], out[target + "attn.v_bias"] = q_bias, v_bias
+            else:
+                old = next((o for n, o in inverse_blocks.items() if rest.startswith(n)), None)
+                out[target + (old + rest[len(_new_of(old)) :] if old else rest)] = value
+        elif key == "video.conv1.weight":
+            out[prefix + "patch_embed.proj.weight"] = value[:, :, None]
+        elif key.startswith("video.ln_post."):
+            out[prefix + "norm." + key[len("video.ln_post.") :]] = value
+        elif key == TEMPERATURE:
+            out["temp"] = (1 / value.float().exp()).reshape(())
+        elif (old := next((o for n, o in renames.items() if key.startswith(n)), None)) is not None:
+            new = next(n for n, o in renames.items() if o == old)
+            out[old + key[len(new) :]] = value
+    return out
+
+
+def _new_of(old: str) -> str:
+    return BLOCK_RENAMES[old]
