@@ -114,8 +114,6 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
                                    self.video_config["num_frames"])
             self.align = TeacherAlignment(frozen, width, self.video.ln_post.eps)
             self.align.check_student(self.video, self.video_config["image_size"])
-        if mask_mode == "attention" and self.align is None:
-            raise ValueError("mask_mode='attention' needs the teacher (and uta_weight > 0): or use per_frame / tube")
         self.special_ids = {"pad": 0, "cls": 101, "sep": 102, "mask": 103}  # BERT's; `use_tokenizer` updates
         self.rerank_store = RerankStore()
 
@@ -131,6 +129,8 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         self.special_ids = ids
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.mask_mode == "attention" and self.align is None:
+            raise ValueError("mask_mode='attention' needs the teacher (and uta_weight > 0): or use per_frame / tube")
         data = getattr(self.trainer, "datamodule", None)
         tokenizer = getattr(getattr(data, "tokenizer", None), "_hf", None)
         if data is not None and tokenizer is None:
