@@ -40,8 +40,12 @@ INIT_FROM = {
 }
 # name -> the entry whose checkpoint is its frozen teacher (``--model.teacher``): the post-pretrained model teaches
 TEACHER_FROM = {"umt": "post_pretrain", "umt_multimodal": "post_pretrain"}
-# name -> {prefix: overrides} of linear probes (configs/linear_probe.yaml) of the entry's own encoder
-PROBES = {"umt": {"probe": ["--data.label_key=motion"], "probe_shape": ["--data.label_key=shape"]}}
+# name -> {prefix: overrides} of linear probes (configs/linear_probe.yaml) of the entry's own encoder; the probe
+# reads the token map on an 8 x 4 x 4 grid (a mean-pooled vector of a CLS-free student drops where things move)
+GRID_PROBE = ["--model.features=grid", "--model.grid_size=[8, 4]"]
+PROBES = {
+    "umt": {"probe": ["--data.label_key=motion", *GRID_PROBE], "probe_shape": ["--data.label_key=shape", *GRID_PROBE]}
+}
 # the BERT vocabulary of the UMT stage-2 entries (configs/demo/umt_multimodal.yaml), trained on the corpus
 WORDPIECE = Path("data/tokenizers/synthetic-wordpiece")
 WORDPIECE_SHARDS = ["data/shards/synthetic/clips/train-*.tar", "data/shards/synthetic/images/train-*.tar"]
