@@ -17,8 +17,8 @@ from vfm.losses import hard_negative_loss
 from vfm.models import VideoViT, per_frame_keep_indices, random_keep_indices, tube_keep_indices
 from vfm.models.factory import create_clip
 from vfm.recipes.long_video import LongVideoContrastive, freeze_video_layers
-from vfm.recipes.time_order import mirror_keep_indices, paired_keep_indices
 from vfm.recipes.optim import build_adamw
+from vfm.recipes.time_order import mirror_keep_indices, paired_keep_indices
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PATCHES = 16  # vit-tiny-test: 32 px, patch 8
