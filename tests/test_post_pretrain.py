@@ -130,3 +130,20 @@ def test_fit_then_test_through_the_cli(recipe_shards, tmp_path):
     assert metrics["test/num_samples"] == 8
     for key in ("test/t2v_r1", "test/v2t_r1", "test/chance_r1", "test/temporal_acc", "test/t2v_median_rank"):
         assert 0 <= float(metrics[key]) <= 8, key
+
+
+def test_time_order_warmup_trains_the_order_term_alone_then_everything():
+    recipe = tiny_recipe(reverse_negatives=0.5, hard_negative_weight=2.0, time_order_warmup=0.2, drop_ratio=0.75)
+    logged = {}
+    recipe.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    recipe.train()
+    recipe.training_progress = lambda: 0.1
+    recipe.training_step(batch(), 0)
+    assert recipe.video.drop_ratio == 0.0 and "train/mlm" not in logged
+    assert logged["train/loss"] == pytest.approx(2 * logged["train/hard_negative"], rel=1e-5)
+    logged.clear()
+    recipe.training_progress = lambda: 0.5
+    recipe.training_step(batch(), 0)
+    assert recipe.video.drop_ratio == 0.75 and "train/mlm" in logged
+    expected = logged["train/vtc"] + 2 * logged["train/hard_negative"] + logged["train/mlm"]
+    assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)
