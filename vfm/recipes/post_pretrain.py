@@ -120,10 +120,8 @@ class PostPretrain(VideoTextRecipe):
                 loss = loss + h.hard_negative_weight * order
                 logs["train/hard_negative"] = order
         if self.fusion is not None and not warming:
-            # the original clips only: a reversed copy's caption and tokens teach the words nothing new
-            text, text_mask = both.text[: both.size], both.text_mask[: both.size]
-            masked, labels = mask_text_tokens(text, text_mask, h.text_mask_prob)
-            fused = self.fusion(self.text(masked).tokens, tokens[: both.size], text_mask)
+            masked, labels = mask_text_tokens(both.text, both.text_mask, h.text_mask_prob)
+            fused = self.fusion(self.text(masked).tokens, tokens, both.text_mask)
             mlm = masked_lm_loss(self.fusion.mlm_logits(fused, labels), labels)
             loss = loss + h.mlm_weight * mlm
             logs["train/mlm"] = mlm
