@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 
 from data_prep.video_writer import encode_video_bytes
@@ -50,3 +51,14 @@ def clip_shards(tmp_path_factory) -> tuple[Path, int]:
     ]
     write_shards(directory, samples, per_shard=4)
     return directory, len(samples)
+
+
+class TrainingStep(torch.nn.Module):
+    """A recipe's training step as a module's forward, as Lightning's DDP and FSDP wrappers run it."""
+
+    def __init__(self, recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.recipe.training_step(batch, 0)

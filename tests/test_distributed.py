@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import clip_sample, write_shards
+from conftest import TrainingStep, clip_sample, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
@@ -107,17 +107,6 @@ def global_batch() -> dict:
 def local_slice(batch: dict, rank: int, world_size: int) -> dict:
     size = GLOBAL_BATCH // world_size
     return {key: value[rank * size : (rank + 1) * size] for key, value in batch.items()}
-
-
-class TrainingStep(torch.nn.Module):
-    """What Lightning's DDP wrapper does: DDP's forward runs the recipe's training step."""
-
-    def __init__(self, recipe) -> None:
-        super().__init__()
-        self.recipe = recipe
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.recipe.training_step(batch, 0)
 
 
 def ddp_worker(rank: int, world_size: int, init_file: str, output: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
-from conftest import clip_sample, write_shards
+from conftest import TrainingStep, clip_sample, write_shards
 
 from vfm.cli import main
 from vfm.fsdp import BlockFSDPStrategy, fsdp_settings
@@ -43,17 +43,6 @@ def test_settings_wrap_trainable_blocks_and_ignore_frozen_modules():
     check = checkpointing["check_fn"]
     assert check(recipe.video.blocks[1]) and not check(recipe.video.blocks[0]) and not check(recipe.video)
     assert fsdp_settings(recipe, activation_checkpointing=False)[1] == {}
-
-
-class TrainingStep(torch.nn.Module):
-    """The root FSDP unit runs the training step, as Lightning's strategy arranges."""
-
-    def __init__(self, recipe) -> None:
-        super().__init__()
-        self.recipe = recipe
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.recipe.training_step(batch, 0)
 
 
 @pytest.fixture
