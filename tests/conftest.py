@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 
 from data_prep.video_writer import encode_video_bytes
+from vfm.models import create_clip
 
 
 def numbered_frames(num_frames: int, height: int = 32, width: int = 48, seed: int = 0) -> np.ndarray:
@@ -62,3 +63,14 @@ class TrainingStep(torch.nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.recipe.training_step(batch, 0)
+
+
+def random_clip_file(directory: Path, seed: int) -> Path:
+    """A randomly initialised vit-tiny-test open_clip checkpoint (32 px, patch 8, 2 blocks, width 64, output 32),
+    saved as a local file, the way users pass pretrained weights and teachers."""
+    torch.manual_seed(seed)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        clip = create_clip("vit-tiny-test")
+    path = directory / "open_clip_tiny.pt"
+    torch.save(clip.state_dict(), path)
+    return path

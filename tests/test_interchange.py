@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import random_clip_file
 from einops import rearrange
 
 from vfm.models import VideoViT, create_clip
@@ -162,12 +163,7 @@ UMT_BERT = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3, "num_at
 @pytest.fixture(scope="module")
 def umt_teacher_file(tmp_path_factory):
     """A random vit-tiny-test CLIP (32 px, patch 8: the students' grid; output width 32) as the frozen teacher."""
-    torch.manual_seed(1)
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        teacher = create_clip("vit-tiny-test")
-    path = tmp_path_factory.mktemp("umt_teacher") / "teacher.pt"
-    torch.save(teacher.state_dict(), path)
-    return path
+    return random_clip_file(tmp_path_factory.mktemp("umt_teacher"), seed=1)
 
 
 def released_umt(stage: int) -> dict[str, torch.Tensor]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import clip_sample, write_shards
+from conftest import clip_sample, random_clip_file, write_shards
 
 from vfm.cli import main
 from vfm.losses.alignment import alignment_loss
-from vfm.models import create_clip, weighted_keep_indices
+from vfm.models import weighted_keep_indices
 from vfm.recipes.umt import UnmaskedTeacher
 from vfm.recipes.umt_teacher import build_teacher
 
@@ -23,12 +23,7 @@ STUDENT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 3, "heads":
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
     """A random vit-tiny-test open_clip checkpoint (32 px, patch 8, 2 blocks, width 64, output 32)."""
-    torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        clip = create_clip("vit-tiny-test")
-    path = tmp_path_factory.mktemp("teacher") / "open_clip_tiny.pt"
-    torch.save(clip.state_dict(), path)
-    return path
+    return random_clip_file(tmp_path_factory.mktemp("teacher"), seed=0)
 
 
 def recipe(teacher_file: Path, **overrides) -> UnmaskedTeacher:
