@@ -147,3 +147,25 @@ def test_time_order_warmup_trains_the_order_term_alone_then_everything():
     assert recipe.video.drop_ratio == 0.75 and "train/mlm" in logged
     expected = logged["train/vtc"] + 2 * logged["train/hard_negative"] + logged["train/mlm"]
     assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_time_order_ramp_raises_the_vtc_and_mlm_weights_linearly_after_the_warmup():
+    recipe = tiny_recipe(reverse_negatives=1.0, hard_negative_weight=1.0, time_order_warmup=0.2, time_order_ramp=0.4)
+    assert [recipe.phase_weight(p) for p in (0.0, 0.19, 0.2, 0.4, 0.6, 0.9)] == pytest.approx([0, 0, 0, 0.5, 1, 1])
+    logged = {}
+    recipe.log_dict = lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()})
+    recipe.train()
+    recipe.training_progress = lambda: 0.3
+    recipe.training_step(batch(), 0)
+    expected = 0.25 * (logged["train/vtc"] + logged["train/mlm"]) + logged["train/hard_negative"]
+    assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_time_order_warmup_without_reversed_captions_fails_clearly():
+    with pytest.raises(ValueError, match="hard_negative_weight"):
+        tiny_recipe(time_order_warmup=0.2)
+    recipe = tiny_recipe(reverse_negatives=1.0, hard_negative_weight=1.0, time_order_warmup=0.2).train()
+    recipe.training_progress = lambda: 0.1
+    plain = {k: v for k, v in batch().items() if not k.startswith("reverse_text")}
+    with pytest.raises(ValueError, match="reverse_caption"):
+        recipe.training_step(plain, 0)

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from vfm.models import CrossModalFusion, TextEncoder, create_towers, get_tokenizer, mask_text_tokens
+from vfm.models import CrossModalFusion, TextEncoder, create_towers, get_tokenizer, mask_text_tokens, trim_padding
 from vfm.models.factory import create_clip
 from vfm.models.text import EOT_TOKEN_ID, IGNORE_INDEX, MASK_TOKEN_ID, SOT_TOKEN_ID
 
@@ -39,6 +39,18 @@ def test_pooled_embedding_equals_open_clip_encode_text(clip, tokens):
         torch.testing.assert_close(features.embedding, clip.encode_text(tokens), atol=1e-5, rtol=0)
     assert features.tokens.shape == (3, 32, 64)
     assert text.token_embedding is clip.token_embedding  # shared, not copied
+
+
+def test_trimming_the_padding_changes_no_embedding_or_real_token(clip, tokens):
+    text = TextEncoder.from_open_clip(clip).eval()
+    mask = tokens != 0
+    trimmed, trimmed_mask = trim_padding(tokens, mask)
+    longest = int(mask.sum(1).max())
+    assert trimmed.shape == (3, longest) and trimmed_mask.all(1).any() and trimmed_mask.sum() == mask.sum()
+    with torch.no_grad():
+        full, cut = text(tokens), text(trimmed)
+    torch.testing.assert_close(cut.embedding, full.embedding, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cut.tokens, full.tokens[:, :longest], atol=1e-5, rtol=0)
 
 
 def test_mask_ids_use_the_learned_mask_embedding_and_keep_eot_pooling(clip, tokens):

@@ -139,6 +139,21 @@ class TextEncoder(nn.Module):
         return TextFeatures(pooled, tokens)
 
 
+def trim_padding(
+    text: torch.Tensor, text_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids [B, L] and mask cut to the batch's longest caption (trailing all-padding columns dropped).
+
+    For CLIP's causal text tower this changes no output at the real positions (a token attends only to those
+    before it, and the pooled EOT is inside the kept columns) and saves the padding's compute: demo captions
+    fill about a third of the context. Without a mask nothing is cut.
+    """
+    if text_mask is None:
+        return text, text_mask
+    length = int(text_mask.any(0).nonzero().max()) + 1 if text_mask.any() else 1
+    return text[:, :length], text_mask[:, :length]
+
+
 def extend_positions(table: torch.Tensor, length: int) -> torch.Tensor:
     """A position table [L, W] grown to [length, W] (or cut to it): rows kept, new rows copies of the last.
 

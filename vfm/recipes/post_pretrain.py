@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from vfm.losses import VideoTextContrastiveLoss, masked_lm_loss
-from vfm.models import CrossModalFusion, create_towers, mask_text_tokens
+from vfm.models import CrossModalFusion, create_towers, mask_text_tokens, trim_padding
 from vfm.recipes.base import VideoTextRecipe, caption_ids
 from vfm.recipes.time_order import append_reversed_clips, paired_keep_indices, time_order_loss
 
@@ -41,6 +41,10 @@ class PostPretrain(VideoTextRecipe):
             patch dropping). Not in the paper (0 there). At demo scale (a 4-layer ViT from random weights) the
             direction of time is learned within ~100 steps this way, but not in 500 steps with VTC or dropping
             on from the start: both pull the young encoder to colour and shape first (see docs/BENCHMARKS.md).
+        time_order_ramp: after the warmup, the VTC and MLM weights rise linearly from 0 to their values over
+            this fraction of steps. Switching them on at once makes a big, badly aligned VTC loss that the towers
+            escape by collapsing (every similarity equal, the time-order term back at log 2), a plateau that
+            lasted 60 steps or more at demo scale.
         temperature_init: initial contrastive temperature (CLIP's 1/100 when starting from a trained CLIP;
             from random towers CLIP's own pretraining starts at 0.07).
         temporal_init_std: 0 keeps the paper's zero temporal embedding (the model equals the image CLIP at
@@ -68,6 +72,7 @@ class PostPretrain(VideoTextRecipe):
         reverse_negatives: float = 0.0,
         hard_negative_weight: float = 0.0,
         time_order_warmup: float = 0.0,
+        time_order_ramp: float = 0.0,
         temperature_init: float = 0.01,
         temporal_init_std: float = 0.0,
         grad_checkpointing: bool = False,
@@ -81,6 +86,11 @@ class PostPretrain(VideoTextRecipe):
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval, compile)
         self.save_hyperparameters()
+        if (time_order_warmup > 0 or time_order_ramp > 0) and (hard_negative_weight <= 0 or reverse_negatives <= 0):
+            raise ValueError(
+                "time_order_warmup and time_order_ramp train the time-order term first: they need "
+                f"hard_negative_weight > 0 and reverse_negatives > 0 (got {hard_negative_weight}, {reverse_negatives})"
+            )
         self.video, self.text = create_towers(
             model, pretrained, num_frames=num_frames, drop_ratio=drop_ratio, drop_mode=drop_mode, pool=pool
         )
@@ -102,17 +112,35 @@ class PostPretrain(VideoTextRecipe):
     def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return self.text(text).embedding
 
+    def phase_weight(self, progress: float) -> float:
+        """Scale of the VTC and MLM weights: 0 in the time-order warmup, then a linear ramp to 1."""
+        h = self.hparams
+        if progress < h.time_order_warmup:
+            return 0.0
+        if h.time_order_ramp > 0:
+            return min(1.0, (progress - h.time_order_warmup) / h.time_order_ramp)
+        return 1.0
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
         progress = self.training_progress()
-        warming = progress < h.time_order_warmup and h.hard_negative_weight > 0 and h.reverse_negatives > 0
+        scale = self.phase_weight(progress)
+        warming = scale == 0.0
         unmasked = warming or progress >= 1 - h.unmasked_fraction
         self.video.drop_ratio = 0.0 if unmasked else h.drop_ratio
         both = append_reversed_clips(batch, h.reverse_negatives)
+        if h.time_order_warmup > 0 and both.count == 0:
+            raise ValueError(
+                "time_order_warmup needs time-reversed captions: the batch has no 'reverse_text' (shards "
+                "without a 'reverse_caption' field); set model.time_order_warmup=0 or use shards that have one"
+            )
+        text, text_mask = both.text, both.text_mask
+        if self.text.attn_mask is not None:  # causal: the padding columns change nothing (see trim_padding)
+            text, text_mask = trim_padding(text, text_mask)
         tokens = self.video.forward_features(both.video, paired_keep_indices(self.video, both.video, both.size))
-        video_embedding, text_embedding = self.video.forward_head(tokens), self.text(both.text).embedding
-        vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, both.text.device))
-        loss = (0.0 if warming else h.vtc_weight) * vtc
+        video_embedding, text_embedding = self.video.forward_head(tokens), self.text(text).embedding
+        vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, text.device))
+        loss = scale * h.vtc_weight * vtc
         logs = {"train/vtc": vtc, "train/temperature": 1 / self.vtc.logit_scale().detach()}
         if h.hard_negative_weight > 0:
             order = time_order_loss(both.size, video_embedding, text_embedding, self.vtc.logit_scale())
@@ -120,10 +148,10 @@ class PostPretrain(VideoTextRecipe):
                 loss = loss + h.hard_negative_weight * order
                 logs["train/hard_negative"] = order
         if self.fusion is not None and not warming:
-            masked, labels = mask_text_tokens(both.text, both.text_mask, h.text_mask_prob)
-            fused = self.fusion(self.text(masked).tokens, tokens, both.text_mask)
+            masked, labels = mask_text_tokens(text, text_mask, h.text_mask_prob)
+            fused = self.fusion(self.text(masked).tokens, tokens, text_mask)
             mlm = masked_lm_loss(self.fusion.mlm_logits(fused, labels), labels)
-            loss = loss + h.mlm_weight * mlm
+            loss = loss + scale * h.mlm_weight * mlm
             logs["train/mlm"] = mlm
         logs["train/loss"] = loss
         self.log_dict(logs, prog_bar=True, batch_size=both.video.shape[0])
