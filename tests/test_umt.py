@@ -138,20 +138,25 @@ def umt_shards(tmp_path_factory):
     return directory
 
 
-def test_fit_saves_no_teacher_and_resume_checks_the_teacher_file(umt_shards, teacher_file, tmp_path):
-    teacher = tmp_path / "teacher.pt"
-    teacher.write_bytes(teacher_file.read_bytes())
-    common = [
+def cli_args(shards: Path, teacher: Path, root: Path) -> list[str]:
+    """A tiny stage-1 run through the command line (2-layer student, 4 steps an epoch)."""
+    return [
         "--config", str(CONFIGS / "umt.yaml"),
         "--model.student", '{"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}',
         "--model.teacher", str(teacher), "--model.teacher_model", "vit-tiny-test",
         "--model.align_layers", "2", "--model.teacher_autocast", "false",
-        "--data.train_shards", str(umt_shards / "train-*.tar"), "--data.val_shards", str(umt_shards / "val-*.tar"),
+        "--data.train_shards", str(shards / "train-*.tar"), "--data.val_shards", str(shards / "val-*.tar"),
         "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4",
         "--data.num_workers", "0", "--data.samples_per_epoch", "16",
-        "--trainer.precision", "32-true", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.precision", "32-true", f"--trainer.default_root_dir={root}",
         "--trainer.enable_progress_bar", "false",
     ]
+
+
+def test_fit_saves_no_teacher_and_resume_checks_the_teacher_file(umt_shards, teacher_file, tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(teacher_file.read_bytes())
+    common = cli_args(umt_shards, teacher, tmp_path)
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     path = fit.trainer.checkpoint_callback.last_model_path
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -168,3 +173,21 @@ def test_fit_saves_no_teacher_and_resume_checks_the_teacher_file(umt_shards, tea
     torch.save(state, teacher)  # the same path now holds another teacher
     with pytest.raises(ValueError, match="trained with teacher"):
         main(["fit", *common, f"--ckpt_path={path}", "--trainer.max_epochs", "2"])
+
+
+@pytest.fixture(scope="module")
+def stage_one_run(umt_shards, teacher_file, tmp_path_factory) -> tuple[list[str], str]:
+    """The command-line arguments of a tiny stage-1 run and the last.ckpt of its one epoch."""
+    common = cli_args(umt_shards, teacher_file, tmp_path_factory.mktemp("stage_one"))
+    fit = main(["fit", *common, "--trainer.max_epochs", "1"])
+    return common, fit.trainer.checkpoint_callback.last_model_path
+
+
+def test_model_arguments_given_at_test_time_apply_over_the_checkpoint(stage_one_run):
+    common, path = stage_one_run
+    tested = main(["test", *common, f"--ckpt_path={path}", "--model.mask_ratio", "0.5", "--model.mask_mode=random"])
+    hparams = tested.model.hparams
+    assert (hparams.mask_ratio, hparams.mask_mode) == (0.5, "random")  # given now
+    assert hparams.student["width"] == 32 and hparams.lr_reference_batch == 256  # from the checkpoint
+    default = main(["test", *common, f"--ckpt_path={path}"])
+    assert (default.model.hparams.mask_ratio, default.model.hparams.mask_mode) == (0.8, "attention")

@@ -6,12 +6,16 @@ Overlays stack: ``--config configs/post_pretrain.yaml --config configs/demo/post
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import Precision
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 from vfm.callbacks import DataHealth, EmbeddingWriter
 from vfm.data.datamodule import VideoTextDataModule
@@ -33,7 +37,33 @@ class VFMCLI(LightningCLI):
     checkpoint files replaced atomically, ``trainer.precision: null`` resolved to bf16-mixed on a GPU that
     has it (16-mixed on older GPUs, 32-true on the CPU), and ``--ckpt_path last`` finding the newest
     ``last.ckpt`` of earlier runs under ``default_root_dir`` and logging on into that run's version folder.
+
+    With ``--ckpt_path FILE`` the recipe is rebuilt from the checkpoint's hyper-parameters, which take precedence
+    over the config files; recipe arguments given one by one on the command line (``--model.rerank_k 16``,
+    ``--model.init_from null``) are applied over them again, and logged.
     """
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        command_line = sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else []
+        self._model_arguments = explicit_model_arguments(command_line)
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self._model_arguments:
+            return super()._parse_ckpt_path()
+        before = self.config[subcommand].model.init_args
+        given = {key: copy.deepcopy(before[key]) for key in self._model_arguments if key in before}
+        super()._parse_ckpt_path()  # Lightning: the checkpoint's hyper-parameters over everything
+        after = self.config[subcommand].model.init_args
+        unknown = sorted(key for key in given if key not in after)
+        if unknown:
+            raise ValueError(f"--model.{unknown[0]}: not an argument of the checkpoint's recipe ({unknown})")
+        changed = {key: value for key, value in given.items() if after[key] != value}
+        for key, value in changed.items():
+            after[key] = value
+        if changed:
+            rank_zero_info(f"--ckpt_path: command-line arguments over the checkpoint's hyper-parameters: {changed}")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -73,6 +103,17 @@ class VFMCLI(LightningCLI):
         if config.get("ckpt_path") != "last" or checkpoint.get("dirpath"):
             return None
         return last_checkpoint_version(root)
+
+
+def explicit_model_arguments(args: list) -> list[str]:
+    """The recipe arguments set one by one on a command line: ``--model.lr 1e-3``, ``--model.init_args.lr=1e-3``."""
+    keys: list[str] = []
+    for token in args:
+        if isinstance(token, str) and token.startswith("--model."):
+            name = token[len("--model.") :].split("=", 1)[0].removeprefix("init_args.").split(".", 1)[0]
+            if name not in ("class_path", "init_args", "dict_kwargs") and name not in keys:
+                keys.append(name)
+    return keys
 
 
 def main(args: list[str] | None = None, run: bool = True) -> VFMCLI:
