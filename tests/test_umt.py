@@ -175,12 +175,58 @@ def test_fit_saves_no_teacher_and_resume_checks_the_teacher_file(umt_shards, tea
         main(["fit", *common, f"--ckpt_path={path}", "--trainer.max_epochs", "2"])
 
 
+def randomised(model: UnmaskedTeacher, seed: int) -> UnmaskedTeacher:
+    """Every weight random (UMT's attention has no key bias), so a wrong mapping cannot pass by chance."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+            if name.endswith("attn.in_proj_bias"):
+                param[param.shape[0] // 3 : 2 * param.shape[0] // 3] = 0
+    return model
+
+
+def assert_same_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == source.keys()
+    for name, value in source.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_init_from_a_released_stage_one_file_gives_the_source_weights(teacher_file, tmp_path):
+    from vfm.models.convert_umt import export_umt
+
+    source = randomised(recipe(teacher_file), seed=1)
+    released = export_umt(source.state_dict(), stage=1)
+    assert "encoder.blocks.0.attn.q_bias" in released and "clip_decoder.1.head.weight" in released
+    released["encoder.patch_embed.proj.bias"] = torch.zeros(32)  # in the releases; VideoViT has none
+    path = tmp_path / "umt_stage1.pth"
+    torch.save({"model": released}, path)  # the released files are wrapped
+    model = recipe(teacher_file, init_from=str(path))
+    model.setup("fit")
+    assert_same_weights(model, source.state_dict())
+
+
 @pytest.fixture(scope="module")
 def stage_one_run(umt_shards, teacher_file, tmp_path_factory) -> tuple[list[str], str]:
     """The command-line arguments of a tiny stage-1 run and the last.ckpt of its one epoch."""
     common = cli_args(umt_shards, teacher_file, tmp_path_factory.mktemp("stage_one"))
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     return common, fit.trainer.checkpoint_callback.last_model_path
+
+
+def test_init_from_a_vfm_checkpoint_through_the_cli_and_not_over_a_resumed_run(stage_one_run, teacher_file, tmp_path):
+    common, path = stage_one_run
+    trained = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    fit = main(["fit", *common, f"--model.init_from={path}", "--trainer.max_steps", "0"])
+    assert_same_weights(fit.model, trained)
+
+    other = tmp_path / "other.pth"
+    torch.save({"model": randomised(recipe(teacher_file), seed=2).state_dict()}, other)
+    # resuming the finished epoch restores the checkpoint: init_from is read first, then overwritten
+    resumed = main(["fit", *common, f"--model.init_from={other}", f"--ckpt_path={path}", "--trainer.max_epochs", "1"])
+    assert resumed.model.hparams.init_from == str(other)
+    assert_same_weights(resumed.model, trained)
 
 
 def test_model_arguments_given_at_test_time_apply_over_the_checkpoint(stage_one_run):

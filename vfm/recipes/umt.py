@@ -14,7 +14,7 @@ import torch
 
 from vfm.models import VideoViT
 from vfm.models.unmasked_teacher import MaskMode, TeacherAlignment
-from vfm.recipes.umt_student import configure_adamw_cosine, student_config
+from vfm.recipes.umt_student import configure_adamw_cosine, load_umt_init, student_config
 from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 
@@ -24,6 +24,10 @@ class UnmaskedTeacher(L.LightningModule):
     Args:
         student: `VideoViT` sizes over ViT-B/16 (e.g. ``{width: 128, layers: 4, heads: 4, image_size: 64}``);
             tubelet 1, sin-cos positions, no CLS token and mean pooling are fixed.
+        init_from: a vfm checkpoint of either UMT stage or a released UMT stage-1 / stage-2 file: the student
+            and alignment-head tensors whose names match are loaded, the rest is reported. Read in
+            ``setup('fit')``, before Lightning restores ``--ckpt_path``: a resumed run keeps its checkpoint's
+            weights (the file must still be readable; ``--model.init_from null`` resumes without it).
         teacher: local weights of the teacher: an open_clip / OpenAI CLIP file or a vfm checkpoint.
         teacher_model: the teacher's open_clip architecture where the file does not tell it.
         teacher_attention: ``frame`` runs the teacher frame by frame (an image CLIP); ``joint`` over the clip.
@@ -39,6 +43,7 @@ class UnmaskedTeacher(L.LightningModule):
     def __init__(
         self,
         student: dict[str, Any] | None = None,
+        init_from: str | None = None,
         teacher: str | None = None,
         teacher_model: str | dict | None = None,
         teacher_attention: Literal["frame", "joint"] = "frame",
@@ -72,6 +77,11 @@ class UnmaskedTeacher(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.align is None:
             raise ValueError("UMT stage 1 learns from its teacher only: set model.teacher to a local weights file")
+        if stage == "fit" and self.hparams.init_from:
+            self.load_init(self.hparams.init_from)
+
+    def load_init(self, path: str) -> None:
+        load_umt_init(self, path)
 
     def alignment_step(self, video: torch.Tensor) -> torch.Tensor:
         h = self.hparams

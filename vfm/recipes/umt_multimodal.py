@@ -15,20 +15,18 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vfm.losses import VideoTextContrastiveLoss, masked_lm_loss
 from vfm.losses.contrastive import gather_no_grad, gather_with_grad
 from vfm.losses.matching import global_hard_negatives, matching_loss, sample_hard_negatives
-from vfm.models import VideoViT, load_weights, mask_text_tokens
+from vfm.models import VideoViT, mask_text_tokens
 from vfm.models.bert import build_bert_fusion
 from vfm.models.masking import sample_keep_indices
 from vfm.models.unmasked_teacher import MaskMode, TeacherAlignment
 from vfm.recipes.base import VideoTextRecipe, caption_ids
-from vfm.recipes.checkpoints import load_init_weights
 from vfm.recipes.umt_rerank import RerankStore
-from vfm.recipes.umt_student import configure_adamw_cosine, student_config
+from vfm.recipes.umt_student import configure_adamw_cosine, load_umt_init, student_config
 from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 log = logging.getLogger(__name__)
@@ -43,7 +41,9 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
     Args:
         student: `VideoViT` sizes over ViT-B/16 (as in stage 1; must match ``init_from``).
         init_from: stage-1 (or stage-2) checkpoint, or a released UMT file: every tensor whose name matches
-            is loaded (student, alignment heads, ...), the rest is reported.
+            is loaded (student, alignment heads, ...), the rest is reported. Read in ``setup('fit')``, before
+            Lightning restores ``--ckpt_path``: a resumed run keeps its checkpoint's weights (the file must still
+            be readable; ``--model.init_from null`` resumes without it).
         teacher, teacher_model, teacher_attention, teacher_autocast, align_layers: the frozen teacher of UTA
             (None: no UTA and no semantic masking).
         text_model: a local BERT folder (saved by transformers; `from_pretrained`, offline) or a BertConfig
@@ -141,14 +141,7 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
             self.load_init(self.hparams.init_from)
 
     def load_init(self, path: str) -> None:
-        weights = load_init_weights(path)
-        state = {k: v for k, v in weights.state.items() if k.split(".", 1)[0] in dict(self.named_children())}
-        report = load_weights(self, state)
-        rank_zero_info(
-            f"init_from {path} ({weights.format}): loaded {len(report.loaded)} tensors; "
-            f"left at init: {len(report.missing)} ({sorted({k.split('.')[0] for k in report.missing})}); "
-            f"not converted: {len(weights.skipped)}"
-        )
+        load_umt_init(self, path)
 
     # ---- towers ----------------------------------------------------------------------------------
     def video_tokens(self, video: torch.Tensor, keep: torch.Tensor | None = None, align_layers: int = 0):

@@ -1,11 +1,16 @@
-"""The UMT student's architecture and the optimiser settings both UMT stages share."""
+"""What both UMT stages share: the student's architecture, ``init_from`` and the optimiser settings."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
+from vfm.models import LoadReport, load_weights
+from vfm.recipes.checkpoints import load_init_weights
 from vfm.recipes.optim import build_adamw, warmup_cosine
 
 # ViT-B/16 from scratch: tubelet 1 (frames embedded one by one), fixed sin-cos positions, no CLS token,
@@ -40,6 +45,26 @@ def student_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
         if key in overrides:
             raise ValueError(f"set {key} on the recipe, not in the student's architecture")
     return STUDENT_DEFAULTS | overrides | STUDENT_FIXED
+
+
+def load_umt_init(module: nn.Module, path: str) -> LoadReport:
+    """Loads ``init_from`` into a UMT recipe: every tensor of a vfm checkpoint (any UMT stage) or of a released
+    UMT stage-1 / stage-2 file (converted) whose name matches one of the recipe's (``video.*``, ``align.*``...).
+
+    Logs how many tensors each part took, what was left at its init and what of the file this stage has no
+    use for (e.g. a stage-2 file's ``text.*`` in stage 1).
+    """
+    weights = load_init_weights(path)
+    children = dict(module.named_children())
+    state = {k: v for k, v in weights.state.items() if k.split(".", 1)[0] in children}
+    report = load_weights(module, state)
+    unused = Counter(k.split(".", 1)[0] for k in weights.state if k not in state)
+    rank_zero_info(
+        f"init_from {path} ({weights.format}): loaded {dict(Counter(k.split('.', 1)[0] for k in report.loaded))}; "
+        f"left at init: {len(report.missing)} {sorted({k.split('.', 1)[0] for k in report.missing})}; "
+        f"not used by {type(module).__name__}: {dict(unused)}; not converted: {len(weights.skipped)}"
+    )
+    return report
 
 
 def scaled_lr(module, lr: float, reference_batch: int | None) -> float:
