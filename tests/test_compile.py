@@ -1,11 +1,14 @@
-"""``compile: true`` compiles every transformer block and gives the same loss, gradients and FLOPs count."""
+"""``compile: true`` compiles every transformer block and gives the same loss, gradients and FLOPs count
+(post-pretraining, and both UMT stages with their frozen teacher)."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_clip_file
 
 from vfm.flops import count_step_flops
 from vfm.recipes.post_pretrain import PostPretrain
@@ -32,25 +35,32 @@ def batch() -> dict:
     return {"video": video, "text": text, "text_mask": text != 0, "caption": [f"c{i}" for i in range(4)]}
 
 
-def step(model: PostPretrain) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+def step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     torch.manual_seed(1)  # the same dropped patches and masked words in both runs
     with count_step_flops() as counter:
-        loss = model.training_step(batch(), 0)
+        loss = model.training_step(batch, 0)
         counter.start_backward()
         loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, counter.total
 
 
+def compiled_blocks(*modules: torch.nn.Module) -> int:
+    return sum(getattr(m, "_compiled_call_impl", None) is not None for module in modules for m in module.modules())
+
+
 def check_same_step(backend: str) -> None:
     eager, compiled = recipe(False, backend), recipe(True, backend)
-    blocks = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    assert len(blocks) == len(compiled.video.blocks) + len(compiled.text.transformer.resblocks) + len(
+    assert compiled_blocks(compiled) == len(compiled.video.blocks) + len(compiled.text.transformer.resblocks) + len(
         compiled.fusion.layers
     )
+    assert_same_step(eager, compiled, batch())
+
+
+def assert_same_step(eager: torch.nn.Module, compiled: torch.nn.Module, batch: dict) -> None:
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints are interchangeable
-    loss, grads, flops = step(eager)
-    compiled_loss, compiled_grads, compiled_flops = step(compiled)
+    loss, grads, flops = step(eager, batch)
+    compiled_loss, compiled_grads, compiled_flops = step(compiled, batch)
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
     assert compiled_grads.keys() == grads.keys()
     for name, grad in grads.items():
@@ -65,3 +75,42 @@ def test_compiled_blocks_give_the_same_step():
 @pytest.mark.slow
 def test_inductor_compiled_blocks_give_the_same_step():
     check_same_step("inductor")  # generates and builds C++ kernels: about a minute on a small CPU
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    return random_clip_file(tmp_path_factory.mktemp("teacher"), seed=0)
+
+
+def umt_recipe(stage: int, compile: bool, teacher: Path) -> torch.nn.Module:
+    from vfm.recipes.umt import UnmaskedTeacher
+    from vfm.recipes.umt_multimodal import UnmaskedTeacherMultimodal
+
+    torch.manual_seed(0)
+    student = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}
+    common = dict(student=student, teacher=str(teacher), teacher_model="vit-tiny-test", align_layers=2,
+                  teacher_autocast=False, drop_path_rate=0.0, compile=compile)
+    if stage == 1:
+        model = UnmaskedTeacher(**common, lr_reference_batch=None)
+    else:
+        bert = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 16}
+        model = UnmaskedTeacherMultimodal(**common, text_model=bert, fusion_layer=1, embed_dim=16)
+        model.special_ids = {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
+    model.log = model.log_dict = lambda *args, **kwargs: None
+    model.compile_options = {"backend": "aot_eager"}
+    model.configure_model()
+    return model
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_compiled_umt_blocks_give_the_same_step(stage, teacher_file):
+    eager, compiled = umt_recipe(stage, False, teacher_file), umt_recipe(stage, True, teacher_file)
+    teacher = compiled.align.teacher.model
+    text_layers = len(compiled.text.bert.encoder.layer) if stage == 2 else 0
+    assert compiled_blocks(compiled) == len(compiled.video.blocks) + text_layers
+    assert compiled_blocks(teacher) == len(teacher.blocks)  # outside the module tree, compiled as well
+    text = torch.randint(5, 128, (4, 10), generator=torch.Generator().manual_seed(0))
+    batch = {"video": torch.randn(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), "text": text,
+             "text_mask": torch.ones(4, 10, dtype=torch.bool), "caption": [f"c{i}" for i in range(4)]}
+    assert_same_step(eager, compiled, batch)

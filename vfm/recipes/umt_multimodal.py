@@ -26,7 +26,7 @@ from vfm.models.masking import sample_keep_indices
 from vfm.models.unmasked_teacher import MaskMode, TeacherAlignment
 from vfm.recipes.base import VideoTextRecipe, caption_ids
 from vfm.recipes.umt_rerank import RerankStore
-from vfm.recipes.umt_student import configure_adamw_cosine, load_umt_init, student_config
+from vfm.recipes.umt_student import compile_once, configure_adamw_cosine, load_umt_init, student_config
 from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
             this rank's batch only (UMT's choice; no token gather).
         rerank_k: re-rank each query's top k with the VTM head in evaluation (0: off).
         lr, lr_reference_batch, weight_decay, betas, warmup, min_lr_ratio: AdamW + warmup cosine.
+        compile: ``torch.compile`` each transformer block (student, BERT, teacher) when the model is set up.
     """
 
     def __init__(
@@ -94,8 +95,9 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         warmup: float = 0.1,
         min_lr_ratio: float = 0.01,
         temporal_eval: bool = True,
+        compile: bool = False,
     ) -> None:
-        super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval)
+        super().__init__(lr, weight_decay, betas, warmup, min_lr_ratio, temporal_eval, compile)
         self.save_hyperparameters()
         self.video_config = student_config(student)
         self.video = VideoViT(**self.video_config, drop_path_rate=drop_path_rate)
@@ -142,6 +144,9 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
 
     def load_init(self, path: str) -> None:
         load_umt_init(self, path)
+
+    def configure_model(self) -> None:
+        compile_once(self)  # the teacher's blocks too
 
     # ---- towers ----------------------------------------------------------------------------------
     def video_tokens(self, video: torch.Tensor, keep: torch.Tensor | None = None, align_layers: int = 0):

@@ -1,4 +1,4 @@
-"""What both UMT stages share: the student's architecture, ``init_from`` and the optimiser settings."""
+"""What both UMT stages share: the student's architecture, ``init_from``, ``compile`` and the optimiser settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vfm.models import LoadReport, load_weights
+from vfm.models.blocks import compile_blocks
 from vfm.recipes.checkpoints import load_init_weights
 from vfm.recipes.optim import build_adamw, warmup_cosine
 
@@ -65,6 +66,17 @@ def load_umt_init(module: nn.Module, path: str) -> LoadReport:
         f"not used by {type(module).__name__}: {dict(unused)}; not converted: {len(weights.skipped)}"
     )
     return report
+
+
+def compile_once(module) -> None:
+    """``configure_model`` of both stages with ``compile``: every transformer block of the recipe and of its frozen
+    teacher, which `compile_blocks(module)` does not reach (it is outside the module tree); once, before FSDP wraps."""
+    if not module.compile_enabled or module._compiled:
+        return
+    compile_blocks(module, **module.compile_options)
+    if module.align is not None:
+        compile_blocks(module.align.teacher.model, **module.compile_options)
+    module._compiled = True
 
 
 def scaled_lr(module, lr: float, reference_batch: int | None) -> float:
