@@ -4,8 +4,8 @@ On the CPU (``mfu_cpu_<recipe>``): batch 2 under bf16 autocast, against this mac
 in the same run, as ``mfu_cpu`` of the model-step benchmark does for post-pretraining. On a GPU
 (``mfu_gpu_<recipe>``): bf16 autocast, batch ``gpu_batch_size``, against the dense bf16 tensor-core peak of the
 device (`vfm.flops.GPU_PEAK_FLOPS`), with samples/s and peak memory. FLOPs are counted by
-`vfm.flops.count_step_flops` (forward + backward, the recipe's own dropping). Recipes register a factory in
-``RECIPES``: a function of (frames, image size) returning the LightningModule.
+`vfm.flops.count_step_flops` (forward + backward, the recipe's own dropping; for UMT the frozen teacher's forward
+too). Recipes register a factory in ``RECIPES``: a function of (frames, image size) returning the LightningModule.
 """
 
 from __future__ import annotations
@@ -25,12 +25,61 @@ def _long_video(num_frames: int, image_size: int) -> torch.nn.Module:
     return LongVideoContrastive(model="ViT-B-16", num_frames=num_frames)  # 75% masking, all layers trained
 
 
-RECIPES: dict[str, Callable[[int, int], torch.nn.Module]] = {"long_video": _long_video}
+def _with_random_teacher(recipe, num_frames: int, model: str):
+    """Attaches UMT's frozen teacher as `build_teacher` makes it from a file (the recipe's teacher settings: an
+    image CLIP run frame by frame, bf16 autocast, last 6 blocks aligned at paper scale), with random weights."""
+    from vfm.models import VideoViT
+    from vfm.models.interchange import video_config_from_model
+    from vfm.models.teacher import FrozenTeacher
+    from vfm.models.unmasked_teacher import TeacherAlignment
+
+    h = recipe.hparams
+    config = video_config_from_model(
+        model, attention=h.teacher_attention, num_frames=num_frames, drop_ratio=0.0, drop_path_rate=0.0
+    )
+    teacher = FrozenTeacher(VideoViT(**config), h.align_layers, h.teacher_autocast)
+    recipe.align = TeacherAlignment(teacher, recipe.video.width, recipe.video.ln_post.eps)
+    recipe.align.check_student(recipe.video, recipe.video_config["image_size"])
+    return recipe
 
 
-def video_text_batch(batch_size: int, num_frames: int, size: int, device: torch.device, context: int = 32) -> dict:
-    text = torch.randint(1, 49000, (batch_size, context))
-    text[:, 0], text[:, 12], text[:, 13:] = 49406, 49407, 0
+def _umt(num_frames: int, image_size: int, teacher_model: str = "ViT-B-16", **sizes) -> torch.nn.Module:
+    from vfm.recipes.umt import UnmaskedTeacher
+
+    student = {"num_frames": num_frames, "image_size": image_size} | sizes.pop("student", {})
+    recipe = UnmaskedTeacher(student=student, **sizes)  # semantic masking of 80% of the patches
+    return _with_random_teacher(recipe, num_frames, teacher_model)
+
+
+def _umt_multimodal(num_frames: int, image_size: int, teacher_model: str = "ViT-B-16", **sizes) -> torch.nn.Module:
+    from vfm.recipes.umt_multimodal import UnmaskedTeacherMultimodal
+
+    student = {"num_frames": num_frames, "image_size": image_size} | sizes.pop("student", {})
+    # configs/umt_multimodal.yaml: random BERT-base fused from layer 9, 80% per-frame masking, UTA
+    recipe = UnmaskedTeacherMultimodal(student=student, mask_mode="per_frame", **sizes)
+    return _with_random_teacher(recipe, num_frames, teacher_model)
+
+
+RECIPES: dict[str, Callable[[int, int], torch.nn.Module]] = {
+    "long_video": _long_video,
+    "umt": _umt,
+    "umt_multimodal": _umt_multimodal,
+}
+CLIP_TOKENS = (49406, 49407, 49000)  # start, end, bound of the random ids
+
+
+def text_tokens(recipe: torch.nn.Module) -> tuple[int, int, int]:
+    """(start, end, bound of the random ids) of the recipe's tokenizer: BERT's ids for UMT stage 2, else CLIP's."""
+    special = getattr(recipe, "special_ids", None)
+    return (special["cls"], special["sep"], recipe.text.vocab_size) if special else CLIP_TOKENS
+
+
+def video_text_batch(
+    batch_size: int, num_frames: int, size: int, device: torch.device, context: int = 32, tokens=CLIP_TOKENS
+) -> dict:
+    start, end, bound = tokens
+    text = torch.randint(1, bound, (batch_size, context))
+    text[:, 0], text[:, 12], text[:, 13:] = start, end, 0
     return {
         "video": torch.randn(batch_size, num_frames, 3, size, size, device=device),
         "text": text.to(device),
@@ -46,10 +95,11 @@ class RecipeStep:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random towers: only shapes matter
             self.recipe = factory(num_frames, size).to(device).train()
-        self.recipe.log_dict = lambda *args, **kwargs: None  # no trainer attached
+        self.recipe.log = self.recipe.log_dict = lambda *args, **kwargs: None  # no trainer attached
         params = [p for p in self.recipe.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda" or None)
-        self.batch, self.device = video_text_batch(batch_size, num_frames, size, device), device
+        tokens = text_tokens(self.recipe)
+        self.batch, self.device = video_text_batch(batch_size, num_frames, size, device, tokens=tokens), device
 
     def step(self, counter=None) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
