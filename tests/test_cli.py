@@ -52,3 +52,9 @@ def test_explicit_model_arguments_are_read_from_the_command_line():
     args = ["test", "--config", "c.yaml", "--model.lr", "1e-3", "--model.init_args.rerank_k=4", "--data.batch_size",
             "2", "--model.student", "{}", "--model.class_path", "x", "--model.lr=2e-3"]
     assert explicit_model_arguments(args) == ["lr", "rerank_k", "student"]
+
+
+def test_recipe_configs_leave_the_precision_to_the_device():
+    # null: bf16-mixed on a GPU with bf16, 32-true on the CPU (vfm.runs.resolve_precision); the demos pin 32-true
+    fixed = {c.name: p for c in RECIPES if (p := yaml.safe_load(c.read_text())["trainer"].get("precision")) is not None}
+    assert not fixed
