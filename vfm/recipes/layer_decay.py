@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vfm.recipes.optim import parameter_groups
+from vfm.recipes.optim import fused_supported, parameter_groups
 
 
 def vit_layer_id(name: str, num_layers: int, prefix: str = "video.") -> int:
@@ -57,5 +57,4 @@ def build_adamw_layer_decay(
     groups = layer_decay_groups(model, weight_decay, decay, num_layers, layer_of)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
-    on_cuda = any(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=1e-6, fused=on_cuda or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=1e-6, fused=fused_supported(groups))

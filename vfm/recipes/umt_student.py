@@ -93,7 +93,7 @@ def scaled_lr(module, lr: float, reference_batch: int | None) -> float:
 def configure_adamw_cosine(module) -> dict[str, Any]:
     h = module.hparams
     lr = scaled_lr(module, h.lr, h.lr_reference_batch)
-    optimizer = build_adamw(module, lr, h.weight_decay, h.betas, fused=True)  # on the CPU too: one kernel per tensor
+    optimizer = build_adamw(module, lr, h.weight_decay, h.betas)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, h.warmup, h.min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
