@@ -34,7 +34,7 @@ def build_adamw(
 ) -> torch.optim.AdamW:
     """``fused=None``: torch's fused kernel wherever every parameter is on the CPU or a CUDA device. On the CPU
     torch's default is the per-tensor loop; the fused kernel takes a ViT-B step about 5x faster
-    (docs/umt_speed.md) with the same update (tests/test_umt.py)."""
+    (docs/BENCHMARKS.md, UMT stage 1) with the same update (tests/test_umt.py)."""
     groups = parameter_groups(model, weight_decay)
     if fused is None:
         fused = fused_supported(groups)
