@@ -19,6 +19,17 @@ def caption_ids(captions: list[str], device: torch.device) -> torch.Tensor:
     return torch.tensor([zlib.crc32(c.encode("utf-8")) for c in captions], dtype=torch.long, device=device)
 
 
+def compile_once(module: torch.nn.Module, *outside: torch.nn.Module) -> None:
+    """``configure_model`` with ``compile``: ``torch.compile`` every transformer block of ``module`` and of the
+    ``outside`` modules it uses but does not hold (a frozen teacher kept out of the module tree), once, before
+    FSDP wraps them. Reads ``compile_enabled``, ``compile_options`` and ``_compiled`` of ``module``."""
+    if not module.compile_enabled or module._compiled:
+        return
+    for part in (module, *outside):
+        compile_blocks(part, **module.compile_options)
+    module._compiled = True
+
+
 class VideoTextRecipe(L.LightningModule):
     """Shared parts of the contrastive recipes. Subclasses define the towers and ``training_step``,
     and ``encode_video`` / ``encode_text`` (embeddings before normalisation) for evaluation."""
@@ -48,9 +59,7 @@ class VideoTextRecipe(L.LightningModule):
 
     def configure_model(self) -> None:
         """With ``compile``: compiles every transformer block (before FSDP wraps them, once)."""
-        if self.compile_enabled and not self._compiled:
-            compile_blocks(self, **self.compile_options)
-            self._compiled = True
+        compile_once(self)
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

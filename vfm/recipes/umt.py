@@ -14,7 +14,7 @@ import torch
 
 from vfm.models import VideoViT
 from vfm.models.unmasked_teacher import MaskMode, TeacherAlignment
-from vfm.recipes.umt_student import compile_once, configure_adamw_cosine, load_umt_init, student_config
+from vfm.recipes.umt_student import compile_umt, configure_adamw_cosine, load_umt_init, student_config
 from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 
@@ -90,7 +90,7 @@ class UnmaskedTeacher(L.LightningModule):
         load_umt_init(self, path)
 
     def configure_model(self) -> None:
-        compile_once(self)
+        compile_umt(self)
 
     def alignment_step(self, video: torch.Tensor) -> torch.Tensor:
         h = self.hparams

@@ -26,7 +26,7 @@ from vfm.models.masking import sample_keep_indices
 from vfm.models.unmasked_teacher import MaskMode, TeacherAlignment
 from vfm.recipes.base import VideoTextRecipe, caption_ids
 from vfm.recipes.umt_rerank import RerankStore
-from vfm.recipes.umt_student import compile_once, configure_adamw_cosine, load_umt_init, student_config
+from vfm.recipes.umt_student import compile_umt, configure_adamw_cosine, load_umt_init, student_config
 from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         load_umt_init(self, path)
 
     def configure_model(self) -> None:
-        compile_once(self)  # the teacher's blocks too
+        compile_umt(self)  # the teacher's blocks too
 
     # ---- towers ----------------------------------------------------------------------------------
     def video_tokens(self, video: torch.Tensor, keep: torch.Tensor | None = None, align_layers: int = 0):

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vfm.models import LoadReport, load_weights
-from vfm.models.blocks import compile_blocks
+from vfm.recipes.base import compile_once
 from vfm.recipes.checkpoints import load_init_weights
 from vfm.recipes.optim import build_adamw, warmup_cosine
 
@@ -68,15 +68,10 @@ def load_umt_init(module: nn.Module, path: str) -> LoadReport:
     return report
 
 
-def compile_once(module) -> None:
-    """``configure_model`` of both stages with ``compile``: every transformer block of the recipe and of its frozen
-    teacher, which `compile_blocks(module)` does not reach (it is outside the module tree); once, before FSDP wraps."""
-    if not module.compile_enabled or module._compiled:
-        return
-    compile_blocks(module, **module.compile_options)
-    if module.align is not None:
-        compile_blocks(module.align.teacher.model, **module.compile_options)
-    module._compiled = True
+def compile_umt(module) -> None:
+    """``configure_model`` of both stages with ``compile``: the recipe's blocks and its frozen teacher's, which sits
+    outside the module tree (see `vfm.recipes.base.compile_once`)."""
+    compile_once(module, *([module.align.teacher.model] if module.align is not None else []))
 
 
 def scaled_lr(module, lr: float, reference_batch: int | None) -> float:
