@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from vfm.models import CrossModalFusion, TextEncoder, create_towers, get_tokenizer, mask_text_tokens, trim_padding
+from vfm.models import CrossModalFusion, TextEncoder, create_towers, get_tokenizer, mask_text_tokens
 from vfm.models.factory import create_clip
 from vfm.models.text import EOT_TOKEN_ID, IGNORE_INDEX, MASK_TOKEN_ID, SOT_TOKEN_ID
 
@@ -44,7 +44,7 @@ def test_pooled_embedding_equals_open_clip_encode_text(clip, tokens):
 def test_trimming_the_padding_changes_no_embedding_or_real_token(clip, tokens):
     text = TextEncoder.from_open_clip(clip).eval()
     mask = tokens != 0
-    trimmed, trimmed_mask = trim_padding(tokens, mask)
+    trimmed, trimmed_mask = text.trim_padding(tokens, mask)
     longest = int(mask.sum(1).max())
     assert trimmed.shape == (3, longest) and trimmed_mask.all(1).any() and trimmed_mask.sum() == mask.sum()
     with torch.no_grad():

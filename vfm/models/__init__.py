@@ -12,7 +12,7 @@ from .masking import (
     weighted_keep_indices,
 )
 from .pretrained import LoadReport, load_open_clip_checkpoint, load_weights, read_state_dict
-from .text import MASK_TOKEN_ID, TextEncoder, TextFeatures, mask_text_tokens, trim_padding
+from .text import MASK_TOKEN_ID, TextEncoder, TextFeatures, mask_text_tokens
 from .video_vit import VideoViT
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "load_open_clip_checkpoint",
     "load_weights",
     "mask_text_tokens",
-    "trim_padding",
     "num_kept",
     "per_frame_keep_indices",
     "random_keep_indices",

@@ -108,6 +108,20 @@ class TextEncoder(nn.Module):
             mask = torch.full((context_length, context_length), float("-inf"), device=self.attn_mask.device)
             self.attn_mask = mask.triu_(1).to(self.attn_mask.dtype)
 
+    def trim_padding(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids [B, L] and mask cut to the batch's longest caption (trailing all-padding columns dropped).
+
+        In a causal tower this changes no output at the real positions (a token attends only to those before it,
+        and the pooled EOT is inside the kept columns) and saves the padding's compute: demo captions fill about
+        a third of the context. A tower without a causal mask, or a call without a mask, is left uncut.
+        """
+        if self.attn_mask is None or text_mask is None:
+            return text, text_mask
+        length = int(text_mask.any(0).nonzero().max()) + 1 if text_mask.any() else 1
+        return text[:, :length], text_mask[:, :length]
+
     def embed(self, text: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings [B, L, W]; `MASK_TOKEN_ID` positions get the learned mask vector."""
         is_mask = text == self.mask_token_id
@@ -137,21 +151,6 @@ class TextEncoder(nn.Module):
         elif self.text_projection is not None:
             pooled = pooled @ self.text_projection
         return TextFeatures(pooled, tokens)
-
-
-def trim_padding(
-    text: torch.Tensor, text_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token ids [B, L] and mask cut to the batch's longest caption (trailing all-padding columns dropped).
-
-    For CLIP's causal text tower this changes no output at the real positions (a token attends only to those
-    before it, and the pooled EOT is inside the kept columns) and saves the padding's compute: demo captions
-    fill about a third of the context. Without a mask nothing is cut.
-    """
-    if text_mask is None:
-        return text, text_mask
-    length = int(text_mask.any(0).nonzero().max()) + 1 if text_mask.any() else 1
-    return text[:, :length], text_mask[:, :length]
 
 
 def extend_positions(table: torch.Tensor, length: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from vfm.losses import VideoTextContrastiveLoss, masked_lm_loss
-from vfm.models import CrossModalFusion, create_towers, mask_text_tokens, trim_padding
+from vfm.models import CrossModalFusion, create_towers, mask_text_tokens
 from vfm.recipes.base import VideoTextRecipe, caption_ids
 from vfm.recipes.time_order import append_reversed_clips, paired_keep_indices, time_order_loss
 
@@ -134,9 +134,7 @@ class PostPretrain(VideoTextRecipe):
                 "time_order_warmup needs time-reversed captions: the batch has no 'reverse_text' (shards "
                 "without a 'reverse_caption' field); set model.time_order_warmup=0 or use shards that have one"
             )
-        text, text_mask = both.text, both.text_mask
-        if self.text.attn_mask is not None:  # causal: the padding columns change nothing (see trim_padding)
-            text, text_mask = trim_padding(text, text_mask)
+        text, text_mask = self.text.trim_padding(both.text, both.text_mask)
         tokens = self.video.forward_features(both.video, paired_keep_indices(self.video, both.video, both.size))
         video_embedding, text_embedding = self.video.forward_head(tokens), self.text(text).embedding
         vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, text.device))
