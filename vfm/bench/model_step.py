@@ -9,19 +9,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vfm.flops import matmul_peak
+from vfm.recipes.optim import build_adamw
 from vfm.recipes.post_pretrain import PostPretrain
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul in ``dtype`` (the roofline MFU is measured against)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def _batch(batch_size: int, num_frames: int, size: int, context: int = 32) -> dict:
@@ -41,7 +31,7 @@ class StepTimer:
     def __init__(self, model: str, batch_size: int, num_frames: int, size: int) -> None:
         self.recipe = PostPretrain(model=model, num_frames=num_frames, mlm_weight=1.0)
         self.recipe.log_dict = lambda *args, **kwargs: None  # no trainer attached
-        self.optimizer = torch.optim.AdamW(self.recipe.parameters(), lr=1e-4)
+        self.optimizer = build_adamw(self.recipe, lr=1e-4, weight_decay=0.2, betas=(0.9, 0.98))  # fused, as trained
         self.batch = _batch(batch_size, num_frames, size)
 
     def step(self, drop_ratio: float, dtype: torch.dtype) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from vfm.flops import count_step_flops, gpu_peak_flops, matmul_peak
+from vfm.recipes.optim import build_adamw
 
 
 def _long_video(num_frames: int, image_size: int) -> torch.nn.Module:
@@ -96,8 +97,7 @@ class RecipeStep:
             warnings.simplefilter("ignore")  # random towers: only shapes matter
             self.recipe = factory(num_frames, size).to(device).train()
         self.recipe.log = self.recipe.log_dict = lambda *args, **kwargs: None  # no trainer attached
-        params = [p for p in self.recipe.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda" or None)
+        self.optimizer = build_adamw(self.recipe, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.98))  # fused, as trained
         tokens = text_tokens(self.recipe)
         self.batch, self.device = video_text_batch(batch_size, num_frames, size, device, tokens=tokens), device
 
