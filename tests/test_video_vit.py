@@ -216,3 +216,22 @@ def test_bf16_autocast_training_step(clip, options):
         embedding = video_vit(torch.randn(2, 4, 3, 32, 32))
     embedding.float().square().mean().backward()
     assert embedding.shape == (2, 32) and torch.isfinite(video_vit.conv1.weight.grad).all()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (36, 44)], ids=["square", "not-a-patch-multiple"])
+def test_embedding_only_kept_patches_equals_embedding_all_then_gathering(clip, size):
+    video_vit = VideoViT.from_open_clip(clip.visual, num_frames=3, attention="frame").train()
+    with torch.no_grad():
+        video_vit.temporal_embedding.normal_()
+    video = torch.randn(2, 3, 3, *size, requires_grad=True)
+    patches = (size[0] // 8) * (size[1] // 8)
+    keep = tube_keep_indices(2, 3, patches, 0.5)
+    kept = video_vit.embed(video, keep)
+    everything = video_vit.embed(video, sample=False)  # no keep: the convolution over every patch
+    cls, tokens = everything[:, :1], everything[:, 1:]
+    gathered = torch.cat([cls, tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))], 1)
+    # ln_pre normalises each token on its own, so gathering after it is the same as before it
+    torch.testing.assert_close(kept, gathered, atol=1e-5, rtol=1e-5)
+    (grad_kept,) = torch.autograd.grad(kept.square().sum(), video_vit.conv1.weight)
+    (grad_all,) = torch.autograd.grad(gathered.square().sum(), video_vit.conv1.weight)
+    torch.testing.assert_close(grad_kept, grad_all, atol=1e-4, rtol=1e-4)

@@ -161,26 +161,39 @@ class VideoViT(nn.Module):
         """Tokens entering the first block: [B, P + N_keep, D] (P = 1 with a CLS token).
 
         With `sample`, a training-mode model with `drop_ratio` > 0 draws `keep` itself when none is given.
+        Only the kept patches are embedded: dropped ones cost no patch-embedding work either.
         """
         batch, frames = video.shape[:2]
-        x = self.conv1(video.flatten(0, 1))
-        grid = (x.shape[-2], x.shape[-1])
+        grid = (video.shape[-2] // self.patch_size, video.shape[-1] // self.patch_size)
         patches = grid[0] * grid[1]
-        x = x.flatten(2).transpose(1, 2).reshape(batch, frames, patches, self.width)
-        cls_pos, spatial, temporal = self._position_embeddings(frames, grid, x)
-        x = (x + spatial[None, None] + temporal[None, :, None]).flatten(1, 2)
         if keep is None and sample and self.training and self.drop_ratio > 0:
-            keep = sample_keep_indices(
-                self.drop_mode, batch, frames, patches, self.drop_ratio, device=x.device
-            )
-        if keep is not None:
+            keep = sample_keep_indices(self.drop_mode, batch, frames, patches, self.drop_ratio, device=video.device)
+        if keep is None:
+            x = self.conv1(video.flatten(0, 1))
+            x = x.flatten(2).transpose(1, 2).reshape(batch, frames * patches, self.width)
+        else:
             if self.attention != "joint":
                 per_frame_count(keep, frames, patches)
-            x = gather_tokens(x, keep)
+            x = self._embed_patches(video, keep, grid)
+        cls_pos, spatial, temporal = self._position_embeddings(frames, grid, x)
+        pos = (spatial[None] + temporal[:, None]).flatten(0, 1)  # [T * H * W, D] in token order
+        x = x + (pos if keep is None else pos[keep])
         if self.class_embedding is not None:
             cls = (self.class_embedding.to(x) + cls_pos).expand(batch, -1, -1)
             x = torch.cat([cls, x], 1)
         return self.ln_pre(x)
+
+    def _embed_patches(self, video: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """`conv1` applied to the kept patches only, as one matmul: [B, K, D] for `keep` [B, K].
+
+        The stride-p convolution is a linear map of each p x p patch; gathering the kept patches first saves
+        the dropped share of its forward and weight gradient (80% at UMT's masking)."""
+        batch, frames, channels = video.shape[:3]
+        p = self.patch_size
+        pixels = video[..., : grid[0] * p, : grid[1] * p]
+        pixels = pixels.reshape(batch, frames, channels, grid[0], p, grid[1], p).permute(0, 1, 3, 5, 2, 4, 6)
+        pixels = gather_tokens(pixels.reshape(batch, frames * grid[0] * grid[1], channels * p * p), keep)
+        return F.linear(pixels, self.conv1.weight.flatten(1), self.conv1.bias)
 
     # ---------------------------------------------------------------- transformer
     def _patches(self, video: torch.Tensor) -> int:
