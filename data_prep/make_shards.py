@@ -52,13 +52,17 @@ FORMATS = {
     "video,caption": ("video", "caption"),
     "video,label": ("video", "label"),
 }
-_FORMAT_HELP = ("WebVid (videoid, contentUrl, duration, page_dir, name), video,caption, video,label, "
-                "image,caption")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test"}
+_FORMAT_HELP = "WebVid (videoid, contentUrl, duration, page_dir, name), video,caption, video,label, image,caption"
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 # Fields this script writes; a CSV column of the same name is kept as csv_<name>.
-_RESERVED = {"caption", "label", "source", "videoid", "id", "num_frames", "fps", "duration", "width",
-             "height", "codec"}
+_RESERVED = {"caption", "label", "source", "videoid", "id", "num_frames", "fps", "duration", "width", "height", "codec"}
 _SKIPPED_COLUMNS = ("row", "source", "reason", "detail")
 
 
@@ -92,16 +96,19 @@ def detect_format(columns: list[str], csv_path: Path) -> str:
     for name, required in FORMATS.items():
         if set(required) <= set(columns):
             return name
-    raise ShardError(f"unknown CSV header in {csv_path}: found columns {columns}; accepted formats: "
-                     f"{_FORMAT_HELP} (other columns pass through)")
+    raise ShardError(
+        f"unknown CSV header in {csv_path}: found columns {columns}; accepted formats: "
+        f"{_FORMAT_HELP} (other columns pass through)"
+    )
 
 
 def _split_of(record: dict[str, str], sample_id: str, val_fraction: float, index: int) -> str:
     if "split" in record:
         split = _SPLIT_ALIASES.get(record["split"].strip().lower())
         if split is None:
-            raise ShardError(f"CSV row {index} (from 0, after the header): split {record['split']!r} is not "
-                             "one of train, val, test")
+            raise ShardError(
+                f"CSV row {index} (from 0, after the header): split {record['split']!r} is not one of train, val, test"
+            )
         return split
     # A hash of the id, not the row order, so the same clip lands in the same split whatever the CSV order.
     position = int.from_bytes(hashlib.sha1(sample_id.encode()).digest()[:8], "big") / 2**64
@@ -120,8 +127,7 @@ def _row(index: int, record: dict[str, str], csv_format: str, val_fraction: floa
         text = {key: record[key] for key in ("caption", "label") if key in record}
         sample_id = ("id", record.get("id") or record.get("videoid") or source)
         used = {media, *text, "id"}
-    extra = {(f"csv_{key}" if key in _RESERVED else key): value for key, value in record.items()
-             if key not in used}
+    extra = {(f"csv_{key}" if key in _RESERVED else key): value for key, value in record.items() if key not in used}
     split = _split_of(record, sample_id[1], val_fraction, index)
     kind = "image" if csv_format == "image,caption" else "video"
     return Row(index, source, kind, text, sample_id, split, extra)
@@ -144,15 +150,15 @@ def iter_rows(csv_path: Path, val_fraction: float) -> Iterator[Row]:
             yield _row(index, record, csv_format, val_fraction)
 
 
-def _window_shards(split: str, members: list[Row], first: int, samples_per_shard: int,
-                   seed: int) -> Iterator[tuple[str, str, tuple[Row, ...]]]:
+def _window_shards(
+    split: str, members: list[Row], first: int, samples_per_shard: int, seed: int
+) -> Iterator[tuple[str, str, tuple[Row, ...]]]:
     random.Random(f"{seed}:{split}:{first}").shuffle(members)
     for number, start in enumerate(range(0, len(members), samples_per_shard), start=first):
         yield f"{split}-{number:06d}", split, tuple(members[start : start + samples_per_shard])
 
 
-def plan_shards(rows: Iterable[Row], samples_per_shard: int,
-                seed: int) -> Iterator[tuple[str, str, tuple[Row, ...]]]:
+def plan_shards(rows: Iterable[Row], samples_per_shard: int, seed: int) -> Iterator[tuple[str, str, tuple[Row, ...]]]:
     """(name, split, rows) for each shard, as the rows stream by."""
     pending: dict[str, list[Row]] = {}
     made: Counter[str] = Counter()
@@ -160,8 +166,7 @@ def plan_shards(rows: Iterable[Row], samples_per_shard: int,
         members = pending.setdefault(row.split, [])
         members.append(row)
         if len(members) == samples_per_shard * SHUFFLE_WINDOW:
-            yield from _window_shards(row.split, pending.pop(row.split), made[row.split], samples_per_shard,
-                                      seed)
+            yield from _window_shards(row.split, pending.pop(row.split), made[row.split], samples_per_shard, seed)
             made[row.split] += SHUFFLE_WINDOW
     for split in sorted(pending):
         yield from _window_shards(split, pending[split], made[split], samples_per_shard, seed)
@@ -185,8 +190,13 @@ def make_sample(row: Row, task: ShardTask) -> list[tuple[str, bytes]]:
         if needs_reencode(info, task.short_side, task.max_duration):
             data = reencode_video(data, info, task.short_side, task.max_duration)
             info, extension = probe_video(data), "mp4"
-    meta = {**row.extra, **{key: value.strip() for key, value in row.text.items()}, "source": row.source,
-            row.sample_id[0]: row.sample_id[1], **info}
+    meta = {
+        **row.extra,
+        **{key: value.strip() for key, value in row.text.items()},
+        "source": row.source,
+        row.sample_id[0]: row.sample_id[1],
+        **info,
+    }
     key = f"{row.index:09d}"  # digits only: webdataset splits keys at the first dot
     return [(f"{key}.{extension}", data), (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())]
 
@@ -219,13 +229,20 @@ def write_shard(task: ShardTask) -> dict:
                 try:
                     members = make_sample(row, task)
                 except Skip as skip:
-                    skipped.append({"row": row.index, "source": row.source, "reason": skip.reason,
-                                    "detail": skip.detail})
+                    skipped.append(
+                        {"row": row.index, "source": row.source, "reason": skip.reason, "detail": skip.detail}
+                    )
                     continue
                 except Exception as error:  # a bug or an unforeseen file must not stop the whole job
                     logger.exception("row %d (%s) failed", row.index, row.source)
-                    skipped.append({"row": row.index, "source": row.source, "reason": "internal_error",
-                                    "detail": f"{type(error).__name__}: {error}"[:200]})
+                    skipped.append(
+                        {
+                            "row": row.index,
+                            "source": row.source,
+                            "reason": "internal_error",
+                            "detail": f"{type(error).__name__}: {error}"[:200],
+                        }
+                    )
                     continue
                 for name, payload in members:
                     _add_member(tar, name, payload)
@@ -233,8 +250,14 @@ def write_shard(task: ShardTask) -> dict:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final)
-    record = {"name": task.name, "split": task.split, "count": len(written),
-              "tar_bytes": final.stat().st_size, "written": written, "skipped": skipped}
+    record = {
+        "name": task.name,
+        "split": task.split,
+        "count": len(written),
+        "tar_bytes": final.stat().st_size,
+        "written": written,
+        "skipped": skipped,
+    }
     _write_atomic(out_dir / "_records" / f"{task.name}.json", json.dumps(record).encode())
     return record
 
@@ -287,16 +310,23 @@ def _check_layout(out_dir: Path, layout: dict) -> None:
     path = out_dir / "_records" / "layout.json"
     if not path.exists():
         if any(out_dir.glob("*.tar")):
-            raise ShardError(f"{out_dir} already holds .tar files that make_shards did not write; "
-                             "use an empty --out folder")
+            raise ShardError(
+                f"{out_dir} already holds .tar files that make_shards did not write; use an empty --out folder"
+            )
         _write_atomic(path, json.dumps(layout, indent=1).encode())
         return
     previous = json.loads(path.read_text())
-    changed = [f"{key}: {previous.get(key)!r} before, {value!r} now" for key, value in layout.items()
-               if previous.get(key) != value]
+    changed = [
+        f"{key}: {previous.get(key)!r} before, {value!r} now"
+        for key, value in layout.items()
+        if previous.get(key) != value
+    ]
     if changed:
-        raise ShardError(f"{out_dir} was written by an earlier run with other inputs or options ("
-                         + "; ".join(changed) + "). Rerun with the same options, or use a new --out folder.")
+        raise ShardError(
+            f"{out_dir} was written by an earlier run with other inputs or options ("
+            + "; ".join(changed)
+            + "). Rerun with the same options, or use a new --out folder."
+        )
 
 
 @contextmanager
@@ -338,9 +368,13 @@ def aggregate(out_dir: Path, records: list[dict]) -> dict:
 
 @contextmanager
 def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[dict], None]]:
-    columns = (TextColumn("rows"), BarColumn(), MofNCompleteColumn(), TextColumn(
-        "{task.fields[written]} written, {task.fields[skipped]} skipped, {task.fields[rate]:.1f} rows/s"),
-        TimeElapsedColumn())
+    columns = (
+        TextColumn("rows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[written]} written, {task.fields[skipped]} skipped, {task.fields[rate]:.1f} rows/s"),
+        TimeElapsedColumn(),
+    )
     start, totals = time.monotonic(), Counter()
     with Progress(*columns, console=Console(stderr=True), disable=not enabled) as progress:
         task_id = progress.add_task("rows", total=total, written=0, skipped=0, rate=0.0)
@@ -354,10 +388,18 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[dict], None]]
         yield update
 
 
-def make_shards(csv_path: str | Path, media_root: str | Path, out_dir: str | Path,
-                samples_per_shard: int = 256, workers: int = 2, val_fraction: float = 0.0,
-                short_side: int | None = None, max_duration: float | None = None, seed: int = 0,
-                show_progress: bool = True) -> dict:
+def make_shards(
+    csv_path: str | Path,
+    media_root: str | Path,
+    out_dir: str | Path,
+    samples_per_shard: int = 256,
+    workers: int = 2,
+    val_fraction: float = 0.0,
+    short_side: int | None = None,
+    max_duration: float | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
     """Write (or finish writing) the shards and return the stats that also go to ``out_dir/stats.json``."""
     csv_path, media_root, out_dir = Path(csv_path), Path(media_root), Path(out_dir)
     if not media_root.is_dir():
@@ -368,9 +410,17 @@ def make_shards(csv_path: str | Path, media_root: str | Path, out_dir: str | Pat
         if val_fraction and "split" in reader.fieldnames:
             logger.warning("the CSV has a split column: --val-fraction %s is ignored", val_fraction)
     num_rows = sum(1 for _ in iter_rows(csv_path, val_fraction))  # every row is checked before any shard
-    layout = {"version": LAYOUT_VERSION, "format": csv_format, "rows": num_rows, "csv_sha256":
-              _file_digest(csv_path), "samples_per_shard": samples_per_shard, "val_fraction": val_fraction,
-              "short_side": short_side, "max_duration": max_duration, "seed": seed}
+    layout = {
+        "version": LAYOUT_VERSION,
+        "format": csv_format,
+        "rows": num_rows,
+        "csv_sha256": _file_digest(csv_path),
+        "samples_per_shard": samples_per_shard,
+        "val_fraction": val_fraction,
+        "short_side": short_side,
+        "max_duration": max_duration,
+        "seed": seed,
+    }
     (out_dir / "_records").mkdir(parents=True, exist_ok=True)
     with _lock(out_dir):
         _check_layout(out_dir, layout)
@@ -378,8 +428,11 @@ def make_shards(csv_path: str | Path, media_root: str | Path, out_dir: str | Pat
         records = _completed(out_dir)
         logger.info("%d rows (%s), %d shards already done", num_rows, csv_format, len(records))
         plan = plan_shards(iter_rows(csv_path, val_fraction), samples_per_shard, seed)
-        tasks = (ShardTask(name, split, rows, str(media_root), str(out_dir), short_side, max_duration)
-                 for name, split, rows in plan if name not in records)
+        tasks = (
+            ShardTask(name, split, rows, str(media_root), str(out_dir), short_side, max_duration)
+            for name, split, rows in plan
+            if name not in records
+        )
         with _progress_bar(num_rows, show_progress) as update:
             for record in records.values():
                 update(record)
@@ -410,8 +463,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        make_shards(args.csv, args.videos, args.out, args.samples_per_shard, args.workers, args.val_fraction,
-                    args.short_side, args.max_duration, args.seed, show_progress=not args.no_progress)
+        make_shards(
+            args.csv,
+            args.videos,
+            args.out,
+            args.samples_per_shard,
+            args.workers,
+            args.val_fraction,
+            args.short_side,
+            args.max_duration,
+            args.seed,
+            show_progress=not args.no_progress,
+        )
     except (ShardError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2

@@ -213,9 +213,7 @@ def probe_video(data: bytes) -> dict:
         return _describe_stream(container, stream, scan)
 
 
-def _describe_stream(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, scan: dict
-) -> dict:
+def _describe_stream(container: av.container.InputContainer, stream: av.video.stream.VideoStream, scan: dict) -> dict:
     rate: Fraction | None = stream.average_rate or stream.guessed_rate or stream.base_rate
     if scan["end_pts"] is not None and stream.time_base:
         duration = float((scan["end_pts"] - scan["first_pts"]) * stream.time_base)
@@ -269,7 +267,8 @@ def reencode_video(data: bytes, info: dict, short_side: int | None, max_duration
                 if max_duration is not None and frame.time is not None and frame.time - start >= max_duration:
                     break
                 frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-        return encode_video_bytes(np.stack(frames), fps=info["fps"] or 25.0, codec="libx264", suffix=".mp4",
-                                  options=_X264_REPEATABLE)
+        return encode_video_bytes(
+            np.stack(frames), fps=info["fps"] or 25.0, codec="libx264", suffix=".mp4", options=_X264_REPEATABLE
+        )
     except Exception as error:
         raise Skip("reencode_failed", _describe(error)) from None

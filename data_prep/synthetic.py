@@ -23,12 +23,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from data_prep.video_writer import encode_video
 
-COLOURS = {"red": (225, 35, 35), "green": (30, 175, 60), "blue": (35, 85, 235), "yellow": (240, 220, 30),
-           "purple": (150, 50, 215), "orange": (250, 135, 20)}
+COLOURS = {
+    "red": (225, 35, 35),
+    "green": (30, 175, 60),
+    "blue": (35, 85, 235),
+    "yellow": (240, 220, 30),
+    "purple": (150, 50, 215),
+    "orange": (250, 135, 20),
+}
 SHAPES = ("circle", "square", "triangle", "star")
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "rotate_cw", "rotate_ccw", "appear", "vanish")
-REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow",
-           "rotate_cw": "rotate_ccw", "rotate_ccw": "rotate_cw", "appear": "vanish", "vanish": "appear"}
+REVERSE = {
+    "left": "right",
+    "right": "left",
+    "up": "down",
+    "down": "up",
+    "grow": "shrink",
+    "shrink": "grow",
+    "rotate_cw": "rotate_ccw",
+    "rotate_ccw": "rotate_cw",
+    "appear": "vanish",
+    "vanish": "appear",
+}
 # Synonyms of opposite motions are index-aligned, so a reversed caption keeps the same word choice.
 VERBS = {
     "left": ("moves to the left", "slides left", "goes left"),
@@ -43,22 +59,46 @@ VERBS = {
     "vanish": ("vanishes", "disappears", "fades out"),
 }
 ONE_EVENT = ("{}", "a clip in which {}", "in this video {}")
-CHAINS = (("{}", ", then {}", ", then {}"), ("first {}", ", then {}", ", finally {}"),
-          ("{}", ", then {}", ", and finally {}"), ("to begin, {}", "; next, {}", "; at the end, {}"))
-IMAGE_TEMPLATES = (("{}", "a picture of {}", "an image of {}"),
-                   ("{} and {}", "{} next to {}", "a picture of {} and {}"))
+CHAINS = (
+    ("{}", ", then {}", ", then {}"),
+    ("first {}", ", then {}", ", finally {}"),
+    ("{}", ", then {}", ", and finally {}"),
+    ("to begin, {}", "; next, {}", "; at the end, {}"),
+)
+IMAGE_TEMPLATES = (
+    ("{}", "a picture of {}", "an image of {}"),
+    ("{} and {}", "{} next to {}", "a picture of {} and {}"),
+)
 MOVES = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}  # motion -> (axis, sign), y down
 # Radii are fractions of the short side; grow/shrink change the radius by 1.7-2x within [R_MIN, R_MAX].
 R_MIN, R_SMALL, R_BIG, R_MAX = 0.07, 0.1, 0.15, 0.19
 MAX_TURN = 24.0  # degrees per frame: below half the symmetry period of the star (36), so direction is visible
-VALID_TRIPLES = [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS
-                 if not (s == "circle" and m.startswith("rotate"))]  # a rotating circle looks still
+VALID_TRIPLES = [
+    (c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if not (s == "circle" and m.startswith("rotate"))
+]  # a rotating circle looks still
 _VALID = set(VALID_TRIPLES)
 PAIRS = [(c, s) for c in COLOURS for s in SHAPES]
-SUBSETS = {f"{kind}/{split}": 1 + 2 * k + v for k, kind in enumerate(("clips", "long", "images", "webvid"))
-           for v, split in enumerate(("train", "val"))}  # id prefixes and seeds: fixed, do not reorder
-VIDEO_COLUMNS = ["videoid", "contentUrl", "duration", "page_dir", "name", "split", "reverse_caption",
-                 "motion", "shape", "colour", "num_objects", "events", "fps", "num_frames"]
+SUBSETS = {
+    f"{kind}/{split}": 1 + 2 * k + v
+    for k, kind in enumerate(("clips", "long", "images", "webvid"))
+    for v, split in enumerate(("train", "val"))
+}  # id prefixes and seeds: fixed, do not reorder
+VIDEO_COLUMNS = [
+    "videoid",
+    "contentUrl",
+    "duration",
+    "page_dir",
+    "name",
+    "split",
+    "reverse_caption",
+    "motion",
+    "shape",
+    "colour",
+    "num_objects",
+    "events",
+    "fps",
+    "num_frames",
+]
 LONG_COLUMNS = VIDEO_COLUMNS[:7] + ["swapped_caption"] + VIDEO_COLUMNS[7:]
 IMAGE_COLUMNS = ["image", "caption", "split", "shape", "colour", "num_objects"]
 # mbtree makes this libx264 build nondeterministic even with one thread; without it the bytes repeat.
@@ -97,8 +137,15 @@ def _indefinite(word: str) -> str:
 
 def reverse_events(events: list[dict], num_frames: int) -> list[dict]:
     """The events of the clip played backwards: order reversed, each motion inverted, frames mirrored."""
-    return [dict(event, motion=REVERSE[event["motion"]], start_frame=num_frames - 1 - event["end_frame"],
-                 end_frame=num_frames - 1 - event["start_frame"]) for event in reversed(events)]
+    return [
+        dict(
+            event,
+            motion=REVERSE[event["motion"]],
+            start_frame=num_frames - 1 - event["end_frame"],
+            end_frame=num_frames - 1 - event["start_frame"],
+        )
+        for event in reversed(events)
+    ]
 
 
 def reverse_caption(events: list[dict], num_frames: int, style: tuple[int, bool]) -> str:
@@ -124,8 +171,9 @@ def _bounds(shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return margin, 1.0 - margin
 
 
-def _initial_state(rng: np.random.Generator, motion: str | None, shape_hw: tuple[int, int],
-                   min_move: float) -> np.ndarray:
+def _initial_state(
+    rng: np.random.Generator, motion: str | None, shape_hw: tuple[int, int], min_move: float
+) -> np.ndarray:
     """A random state from which ``motion`` can be done (any visible state for None)."""
     lo, hi = _bounds(shape_hw)
     xy = rng.uniform(lo, hi)
@@ -146,14 +194,16 @@ def _feasible(state: np.ndarray, motion: str, shape_hw: tuple[int, int], min_mov
     return {"grow": state[2] <= R_SMALL + 1e-9, "shrink": state[2] >= R_BIG - 1e-9}.get(motion, True)
 
 
-def _end_state(rng: np.random.Generator, state: np.ndarray, motion: str, shape_hw: tuple[int, int],
-               min_move: float, steps: int) -> np.ndarray:
+def _end_state(
+    rng: np.random.Generator, state: np.ndarray, motion: str, shape_hw: tuple[int, int], min_move: float, steps: int
+) -> np.ndarray:
     end = state.copy()
     lo, hi = _bounds(shape_hw)
     if motion in MOVES:
         axis, sign = MOVES[motion]
-        end[axis] = rng.uniform(lo[axis], state[axis] - min_move) if sign < 0 else \
-            rng.uniform(state[axis] + min_move, hi[axis])
+        end[axis] = (
+            rng.uniform(lo[axis], state[axis] - min_move) if sign < 0 else rng.uniform(state[axis] + min_move, hi[axis])
+        )
     elif motion in ("grow", "shrink"):
         factor = rng.uniform(1.7, 2.0)
         end[2] = np.clip(state[2] * (factor if motion == "grow" else 1 / factor), R_MIN, R_MAX)
@@ -180,9 +230,17 @@ def _choose(rng: np.random.Generator, options: list) -> object:
     return options[rng.integers(len(options))]
 
 
-def plan_scene(rng: np.random.Generator, num_objects: int, num_events: int, num_frames: int,
-               held: set[tuple[str, str, str]], val: bool, shape_hw: tuple[int, int], min_move: float,
-               sequential: bool) -> dict | None:
+def plan_scene(
+    rng: np.random.Generator,
+    num_objects: int,
+    num_events: int,
+    num_frames: int,
+    held: set[tuple[str, str, str]],
+    val: bool,
+    shape_hw: tuple[int, int],
+    min_move: float,
+    sequential: bool,
+) -> dict | None:
     """Objects, initial states and a state-consistent chain of events (None if the chain got stuck).
 
     ``sequential``: event i is done by object i (short clips). In training no event uses a held-out
@@ -197,9 +255,14 @@ def plan_scene(rng: np.random.Generator, num_objects: int, num_events: int, num_
     initial: list[np.ndarray | None] = [None] * num_objects
     events, ends = [], []
     for index, (start, end) in enumerate(_slots(rng, num_events, num_frames)):
-        options = {k: [m for m in MOTIONS if _allowed(pairs[k], m, held) and
-                       (states[k] is None or _feasible(states[k], m, shape_hw, min_move))]
-                   for k in ([index] if sequential else range(num_objects))}
+        options = {
+            k: [
+                m
+                for m in MOTIONS
+                if _allowed(pairs[k], m, held) and (states[k] is None or _feasible(states[k], m, shape_hw, min_move))
+            ]
+            for k in ([index] if sequential else range(num_objects))
+        }
         options = {k: v for k, v in options.items() if v}
         if index == 0 and primary:
             obj, motion = 0, primary[2]
@@ -212,8 +275,17 @@ def plan_scene(rng: np.random.Generator, num_objects: int, num_events: int, num_
             initial[obj] = states[obj] = _initial_state(rng, motion, shape_hw, min_move)
         states[obj] = _end_state(rng, states[obj], motion, shape_hw, min_move, end - start)
         ends.append(states[obj])
-        events.append({"object": obj, "colour": pairs[obj][0], "shape": pairs[obj][1], "motion": motion,
-                       "synonym": int(rng.integers(3)), "start_frame": start, "end_frame": end})
+        events.append(
+            {
+                "object": obj,
+                "colour": pairs[obj][0],
+                "shape": pairs[obj][1],
+                "motion": motion,
+                "synonym": int(rng.integers(3)),
+                "start_frame": start,
+                "end_frame": end,
+            }
+        )
     initial = [s if s is not None else _initial_state(rng, None, shape_hw, min_move) for s in initial]
     return {"objects": pairs, "initial": np.stack(initial), "events": events, "ends": ends}
 
@@ -230,8 +302,8 @@ def scene_tracks(scene: dict, num_frames: int) -> np.ndarray:
     for event, end_state in zip(scene["events"], scene["ends"]):
         obj, start, end = event["object"], event["start_frame"], event["end_frame"]
         weight = np.linspace(0.0, 1.0, end - start + 1)[:, None]
-        tracks[obj, start:end + 1] = tracks[obj, start] + weight * (end_state - tracks[obj, start])
-        tracks[obj, end + 1:] = end_state
+        tracks[obj, start : end + 1] = tracks[obj, start] + weight * (end_state - tracks[obj, start])
+        tracks[obj, end + 1 :] = end_state
     return tracks
 
 
@@ -275,13 +347,15 @@ def _distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     # Star: straight edges from each tip (radius 1) to the next valley (radius 0.45, 36 degrees on).
     half, valley = np.deg2rad(36.0), 0.45
     off_tip = half - np.abs((np.arctan2(v, u) + np.pi / 2) % (2 * half) - half)  # angle to the nearest tip
-    edge = valley * np.sin(half) / (np.cos(off_tip) * valley * np.sin(half)
-                                    - np.sin(off_tip) * (valley * np.cos(half) - 1))
+    edge = (
+        valley
+        * np.sin(half)
+        / (np.cos(off_tip) * valley * np.sin(half) - np.sin(off_tip) * (valley * np.cos(half) - 1))
+    )
     return np.hypot(u, v) / edge
 
 
-def render(tracks: np.ndarray, objects: list[tuple[str, str]], background: np.ndarray,
-           pan: int = 0) -> np.ndarray:
+def render(tracks: np.ndarray, objects: list[tuple[str, str]], background: np.ndarray, pan: int = 0) -> np.ndarray:
     """Frames [T, H, W, 3] uint8 of the objects' tracks drawn over ``background`` ([H, W, 3] uint8).
 
     ``pan`` > 0 slides a background wider by ``pan * (T - 1)`` pixels by that much per frame.
@@ -293,7 +367,7 @@ def render(tracks: np.ndarray, objects: list[tuple[str, str]], background: np.nd
         if t and not pan and np.array_equal(tracks[:, t], tracks[:, t - 1]):  # most frames are still
             out[t] = out[t - 1]
             continue
-        out[t] = background[:, pan * t:pan * t + width]
+        out[t] = background[:, pan * t : pan * t + width]
         for (colour, shape), state in zip(objects, tracks[:, t]):
             if state[4] > 0:
                 _draw(out[t], shape, np.array(COLOURS[colour], np.float32), state)
@@ -367,9 +441,17 @@ def _video_item(config: _Config, kind: str, split: str, index: int) -> dict:
         num_objects, num_events = int(rng.integers(2, 4)), int(rng.integers(4, min(12, num_frames // 6) + 1))
     else:
         num_objects = num_events = 1 + int(rng.random() < 0.5)
-    scene = best_scene(rng, num_frames, num_objects=num_objects, num_events=num_events,
-                       held=heldout(config.seed)[0], val=split == "val", shape_hw=shape_hw,
-                       min_move=0.4 if kind == "long" else 0.45, sequential=kind != "long")
+    scene = best_scene(
+        rng,
+        num_frames,
+        num_objects=num_objects,
+        num_events=num_events,
+        held=heldout(config.seed)[0],
+        val=split == "val",
+        shape_hw=shape_hw,
+        min_move=0.4 if kind == "long" else 0.45,
+        sequential=kind != "long",
+    )
     # WebVid-like clips pan over their background, so that every frame costs the decoder as in real footage.
     pan = int(kind == "webvid")
     texture = background(rng, shape_hw[0], shape_hw[1] + pan * (num_frames - 1))
@@ -379,12 +461,22 @@ def _video_item(config: _Config, kind: str, split: str, index: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     encode_video(frames, path, fps=fps, gop=config.gop, options=X264_OPTIONS)
     events, style = scene["events"], (int(rng.integers(len(CHAINS))), bool(rng.random() < 0.3))
-    row = {"videoid": videoid, "contentUrl": f"synthetic://{kind}/{videoid}.mp4",
-           "duration": f"PT00H{seconds // 60:02d}M{seconds % 60:02d}S", "page_dir": page_dir,
-           "name": describe(events, style), "split": split,
-           "reverse_caption": reverse_caption(events, num_frames, style), "motion": events[0]["motion"],
-           "shape": events[0]["shape"], "colour": events[0]["colour"], "num_objects": num_objects,
-           "events": json.dumps(events), "fps": fps, "num_frames": num_frames}
+    row = {
+        "videoid": videoid,
+        "contentUrl": f"synthetic://{kind}/{videoid}.mp4",
+        "duration": f"PT00H{seconds // 60:02d}M{seconds % 60:02d}S",
+        "page_dir": page_dir,
+        "name": describe(events, style),
+        "split": split,
+        "reverse_caption": reverse_caption(events, num_frames, style),
+        "motion": events[0]["motion"],
+        "shape": events[0]["shape"],
+        "colour": events[0]["colour"],
+        "num_objects": num_objects,
+        "events": json.dumps(events),
+        "fps": fps,
+        "num_frames": num_frames,
+    }
     if kind == "long":
         row["swapped_caption"] = describe(swap_events(rng, events), style)
     return row
@@ -409,8 +501,14 @@ def _image_item(config: _Config, kind: str, split: str, index: int) -> dict:
     Image.fromarray(frame).save(Path(config.out_dir) / image, quality=90)
     template = _choose(rng, IMAGE_TEMPLATES[len(objects) - 1])
     caption = template.format(*(f"{_indefinite(colour)} {colour} {shape}" for colour, shape in objects))
-    return {"image": image, "caption": caption, "split": split, "shape": objects[0][1],
-            "colour": objects[0][0], "num_objects": len(objects)}
+    return {
+        "image": image,
+        "caption": caption,
+        "split": split,
+        "shape": objects[0][1],
+        "colour": objects[0][0],
+        "num_objects": len(objects),
+    }
 
 
 def _run_chunk(task: tuple) -> tuple[int, list[dict]]:
@@ -419,10 +517,22 @@ def _run_chunk(task: tuple) -> tuple[int, list[dict]]:
     return position, [item(config, kind, split, index) for index in range(start, stop)]
 
 
-def make_corpus(out_dir: str | Path, seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-                num_long: int = 200, num_long_val: int = 40, num_images: int = 2000, num_image_val: int = 128,
-                size: int = 96, long_size: int = 64, workers: int = 2, webvid_like: bool = False,
-                gop: int | None = None, progress: bool = True) -> dict:
+def make_corpus(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_train: int | None = None,
+    num_val: int | None = None,
+    num_long: int = 200,
+    num_long_val: int = 40,
+    num_images: int = 2000,
+    num_image_val: int = 128,
+    size: int = 96,
+    long_size: int = 64,
+    workers: int = 2,
+    webvid_like: bool = False,
+    gop: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Write the corpus under ``out_dir``; returns counts, CSV paths and seconds taken.
 
     Clip counts default to 2000 train + 256 val, or 64 + 16 with ``webvid_like``, which writes only
@@ -433,18 +543,28 @@ def make_corpus(out_dir: str | Path, seed: int = 0, num_train: int | None = None
     began, out = time.perf_counter(), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     defaults = (64, 16) if webvid_like else (2000, 256)
-    counts = {"clips": {"train": defaults[0] if num_train is None else num_train,
-                        "val": defaults[1] if num_val is None else num_val}}
+    counts = {
+        "clips": {
+            "train": defaults[0] if num_train is None else num_train,
+            "val": defaults[1] if num_val is None else num_val,
+        }
+    }
     if not webvid_like:
         counts["long"] = {"train": num_long, "val": num_long_val}
         counts["images"] = {"train": num_images, "val": num_image_val}
     # Small chunks of items per task: workers stay busy and results come back in a fixed order.
     chunk = {"clips": 1 if webvid_like else 16, "long": 4, "images": 32}
-    tasks = [(kind, split, start, min(start + chunk[kind], total)) for kind in counts
-             for split, total in counts[kind].items() for start in range(0, total, chunk[kind])]
+    tasks = [
+        (kind, split, start, min(start + chunk[kind], total))
+        for kind in counts
+        for split, total in counts[kind].items()
+        for start in range(0, total, chunk[kind])
+    ]
     config = _Config(str(out), seed, size, long_size, gop)
-    jobs = [(i, config, "webvid" if webvid_like else kind, split, first, stop)
-            for i, (kind, split, first, stop) in enumerate(tasks)]
+    jobs = [
+        (i, config, "webvid" if webvid_like else kind, split, first, stop)
+        for i, (kind, split, first, stop) in enumerate(tasks)
+    ]
     results = _run(jobs, workers, {kind: sum(c.values()) for kind, c in counts.items()}, progress)
     paths = {}
     for kind, columns in (("clips", VIDEO_COLUMNS), ("long", LONG_COLUMNS), ("images", IMAGE_COLUMNS)):
@@ -490,8 +610,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=None, help="default 2000 (64 with --webvid-like)")
     parser.add_argument("--num-val", type=int, default=None, help="default 256 (16 with --webvid-like)")
-    for name, default in (("num-long", 200), ("num-long-val", 40), ("num-images", 2000),
-                          ("num-image-val", 128), ("size", 96), ("long-size", 64), ("workers", 2)):
+    for name, default in (
+        ("num-long", 200),
+        ("num-long-val", 40),
+        ("num-images", 2000),
+        ("num-image-val", 128),
+        ("size", 96),
+        ("long-size", 64),
+        ("workers", 2),
+    ):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--webvid-like", action="store_true", help="only 596x336 25 fps 10-20 s clips")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")

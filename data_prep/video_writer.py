@@ -56,8 +56,9 @@ def encode_video(
             container.mux(packet)
 
 
-def encode_video_bytes(frames: np.ndarray, fps: float = 8.0, codec: str = "libx264", suffix: str = ".mp4",
-                       **kwargs) -> bytes:
+def encode_video_bytes(
+    frames: np.ndarray, fps: float = 8.0, codec: str = "libx264", suffix: str = ".mp4", **kwargs
+) -> bytes:
     """Same as :func:`encode_video`, returning the file's bytes."""
     buffer = io.BytesIO()
     encode_video(frames, buffer, fps=fps, codec=codec, container_format=_FORMATS[suffix], **kwargs)

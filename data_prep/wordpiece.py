@@ -63,8 +63,13 @@ def train_wordpiece(captions: Iterator[str] | list[str], out_dir: str | Path, vo
 
 
 def _special_kwargs() -> dict[str, str]:
-    return {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-            "mask_token": "[MASK]"}
+    return {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -47,9 +47,7 @@ def clip_sample(index: int, num_frames: int = 12, caption: str | None = None, **
 def clip_shards(tmp_path_factory) -> tuple[Path, int]:
     """24 tiny clips in 6 training shards of 4, with labels and reverse captions."""
     directory = tmp_path_factory.mktemp("shards")
-    samples = [
-        clip_sample(i, reverse_caption=f"reversed {i}", motion=["left", "right"][i % 2]) for i in range(24)
-    ]
+    samples = [clip_sample(i, reverse_caption=f"reversed {i}", motion=["left", "right"][i % 2]) for i in range(24)]
     write_shards(directory, samples, per_shard=4)
     return directory, len(samples)
 

@@ -49,8 +49,21 @@ def test_unknown_key_is_a_clear_error(capsys):
 def test_explicit_model_arguments_are_read_from_the_command_line():
     from vfm.cli import explicit_model_arguments
 
-    args = ["test", "--config", "c.yaml", "--model.lr", "1e-3", "--model.init_args.rerank_k=4", "--data.batch_size",
-            "2", "--model.student", "{}", "--model.class_path", "x", "--model.lr=2e-3"]
+    args = [
+        "test",
+        "--config",
+        "c.yaml",
+        "--model.lr",
+        "1e-3",
+        "--model.init_args.rerank_k=4",
+        "--data.batch_size",
+        "2",
+        "--model.student",
+        "{}",
+        "--model.class_path",
+        "x",
+        "--model.lr=2e-3",
+    ]
     assert explicit_model_arguments(args) == ["lr", "rerank_k", "student"]
 
 

@@ -88,13 +88,26 @@ def umt_recipe(stage: int, compile: bool, teacher: Path) -> torch.nn.Module:
 
     torch.manual_seed(0)
     student = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}
-    common = dict(student=student, teacher=str(teacher), teacher_model="vit-tiny-test", align_layers=2,
-                  teacher_autocast=False, drop_path_rate=0.0, compile=compile)
+    common = dict(
+        student=student,
+        teacher=str(teacher),
+        teacher_model="vit-tiny-test",
+        align_layers=2,
+        teacher_autocast=False,
+        drop_path_rate=0.0,
+        compile=compile,
+    )
     if stage == 1:
         model = UnmaskedTeacher(**common, lr_reference_batch=None)
     else:
-        bert = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "intermediate_size": 64, "max_position_embeddings": 16}
+        bert = {
+            "vocab_size": 128,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 16,
+        }
         model = UnmaskedTeacherMultimodal(**common, text_model=bert, fusion_layer=1, embed_dim=16)
         model.special_ids = {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
     model.log = model.log_dict = lambda *args, **kwargs: None
@@ -111,6 +124,10 @@ def test_compiled_umt_blocks_give_the_same_step(stage, teacher_file):
     assert compiled_blocks(compiled) == len(compiled.video.blocks) + text_layers
     assert compiled_blocks(teacher) == len(teacher.blocks)  # outside the module tree, compiled as well
     text = torch.randint(5, 128, (4, 10), generator=torch.Generator().manual_seed(0))
-    batch = {"video": torch.randn(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), "text": text,
-             "text_mask": torch.ones(4, 10, dtype=torch.bool), "caption": [f"c{i}" for i in range(4)]}
+    batch = {
+        "video": torch.randn(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        "text": text,
+        "text_mask": torch.ones(4, 10, dtype=torch.bool),
+        "caption": [f"c{i}" for i in range(4)],
+    }
     assert_same_step(eager, compiled, batch)

@@ -13,8 +13,14 @@ from vfm.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 def make_datamodule(directory, **overrides) -> VideoTextDataModule:
     settings = dict(
-        train_shards=str(directory / "train-*.tar"), val_shards=str(directory / "train-{000000..000005}.tar"),
-        batch_size=4, num_workers=0, num_frames=4, image_size=32, samples_per_epoch=40, shuffle_buffer=8,
+        train_shards=str(directory / "train-*.tar"),
+        val_shards=str(directory / "train-{000000..000005}.tar"),
+        batch_size=4,
+        num_workers=0,
+        num_frames=4,
+        image_size=32,
+        samples_per_epoch=40,
+        shuffle_buffer=8,
     )
     return VideoTextDataModule(**{**settings, **overrides})
 
@@ -101,8 +107,14 @@ def test_validation_with_uneven_shards_and_three_ranks(tmp_path):
     write_shards(tmp_path, [clip_sample(i, num_frames=4) for i in range(11)], per_shard=5, prefix="val")
     seen = []
     for rank in range(3):
-        dm = VideoTextDataModule(train_shards=None, val_shards=str(tmp_path / "val-*.tar"), batch_size=2,
-                                 num_workers=0, num_frames=2, image_size=16)
+        dm = VideoTextDataModule(
+            train_shards=None,
+            val_shards=str(tmp_path / "val-*.tar"),
+            batch_size=2,
+            num_workers=0,
+            num_frames=2,
+            image_size=16,
+        )
         dm._distributed = lambda rank=rank: (rank, 3)
         seen += [i for b in dm.val_dataloader() for i in b["idx"].tolist()]
     assert sorted(seen) == list(range(11))
@@ -113,8 +125,9 @@ def test_broken_samples_are_skipped_and_counted(tmp_path):
     samples[2]["mp4"] = b"\x00" * 100
     samples[4]["mp4"] = b"this is text, not a video"
     write_shards(tmp_path, samples, per_shard=6, prefix="val")
-    dm = VideoTextDataModule(val_shards=str(tmp_path / "val-*.tar"), batch_size=3, num_workers=0,
-                             num_frames=2, image_size=16)
+    dm = VideoTextDataModule(
+        val_shards=str(tmp_path / "val-*.tar"), batch_size=3, num_workers=0, num_frames=2, image_size=16
+    )
     batches = collect(dm.val_dataloader())
     assert sorted(i for b in batches for i in b["idx"].tolist()) == [0, 1, 3, 5]
     assert sum(int(b["num_failed"]) for b in batches) == 2
@@ -124,11 +137,18 @@ def test_images_come_out_as_single_frame_clips(tmp_path):
     from torchvision.io import encode_jpeg
 
     images = torch.randint(0, 255, (3, 3, 40, 56), dtype=torch.uint8)
-    samples = [{"__key__": f"{i:04d}", "jpg": encode_jpeg(img).numpy().tobytes(),
-                "json": json.dumps({"caption": f"image {i}"}).encode()} for i, img in enumerate(images)]
+    samples = [
+        {
+            "__key__": f"{i:04d}",
+            "jpg": encode_jpeg(img).numpy().tobytes(),
+            "json": json.dumps({"caption": f"image {i}"}).encode(),
+        }
+        for i, img in enumerate(images)
+    ]
     write_shards(tmp_path, samples, per_shard=3, prefix="train")
-    dm = VideoTextDataModule(train_shards=str(tmp_path / "train-*.tar"), batch_size=3, num_workers=0,
-                             image_size=32, samples_per_epoch=3)
+    dm = VideoTextDataModule(
+        train_shards=str(tmp_path / "train-*.tar"), batch_size=3, num_workers=0, image_size=32, samples_per_epoch=3
+    )
     batch = next(iter(dm.train_dataloader()))
     assert batch["video"].shape == (3, 1, 3, 32, 32)
 

@@ -20,15 +20,36 @@ from vfm.recipes.layer_decay import layer_decay_groups, vit_layer_id
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MOTIONS = ["left", "right", "up"]
 TINY_DATA = [
-    "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-    "--data.samples_per_epoch", "8", "--data.context_length", "32", "--trainer.precision", "32-true",
-    "--trainer.enable_progress_bar", "false",
+    "--data.num_frames",
+    "4",
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "4",
+    "--data.num_workers",
+    "0",
+    "--data.samples_per_epoch",
+    "8",
+    "--data.context_length",
+    "32",
+    "--trainer.precision",
+    "32-true",
+    "--trainer.enable_progress_bar",
+    "false",
 ]
 # recipe -> its config and the tiny-model arguments of a 2-step fit; a recipe joins the init_from and export
 # tests by adding its entry here (all recipes key their video tower as `video.`)
 RECIPES = {
-    "post_pretrain": ["--config", str(CONFIGS / "post_pretrain.yaml"), "--model.model", "vit-tiny-test",
-                      "--model.num_frames", "4", "--model.fusion_heads", "4"],
+    "post_pretrain": [
+        "--config",
+        str(CONFIGS / "post_pretrain.yaml"),
+        "--model.model",
+        "vit-tiny-test",
+        "--model.num_frames",
+        "4",
+        "--model.fusion_heads",
+        "4",
+    ],
 }
 
 
@@ -43,8 +64,14 @@ def shards(tmp_path_factory) -> Path:
 
 
 def data_args(shards: Path, root: Path) -> list[str]:
-    return ["--data.train_shards", str(shards / "train-*.tar"), "--data.val_shards", str(shards / "val-*.tar"),
-            *TINY_DATA, f"--trainer.default_root_dir={root}"]
+    return [
+        "--data.train_shards",
+        str(shards / "train-*.tar"),
+        "--data.val_shards",
+        str(shards / "val-*.tar"),
+        *TINY_DATA,
+        f"--trainer.default_root_dir={root}",
+    ]
 
 
 @pytest.fixture(scope="module", params=sorted(RECIPES))
@@ -58,7 +85,7 @@ def test_init_from_takes_the_video_tower_of_a_recipe_checkpoint(recipe_checkpoin
     recipe = VideoClassification(init_from=str(recipe_checkpoint), num_classes=3)
     recipe.setup("fit")
     source = read_checkpoint(recipe_checkpoint)["state_dict"]
-    video = {k[len("video."):]: v for k, v in source.items() if k.startswith("video.")}
+    video = {k[len("video.") :]: v for k, v in source.items() if k.startswith("video.")}
     assert video.keys() == recipe.video.state_dict().keys()
     assert all(torch.equal(recipe.video.state_dict()[k], v) for k, v in video.items())
     with pytest.raises(KeyError, match="no weights under 'visual.'"):
@@ -70,7 +97,8 @@ def test_export_round_trip_gives_the_checkpoints_embeddings(recipe_checkpoint, t
     recipe = L.LightningModule.load_from_checkpoint(recipe_checkpoint, map_location="cpu").eval()
     encoders = vfm.load_encoder(export(recipe_checkpoint, tmp_path / "export"))
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
-        ["config.json", *(f"{name}.safetensors" for name in encoders.config["towers"])])
+        ["config.json", *(f"{name}.safetensors" for name in encoders.config["towers"])]
+    )
     video = torch.randn(2, 4, 3, 32, 32)
     text = torch.randint(1, 400, (2, 32))
     text[:, 0], text[:, 7], text[:, 8:] = 49406, 49407, 0
@@ -82,9 +110,19 @@ def test_export_round_trip_gives_the_checkpoints_embeddings(recipe_checkpoint, t
 
 
 def test_classification_fit_test_predict_and_export(recipe_checkpoint, shards, tmp_path):
-    common = ["--config", str(CONFIGS / "finetune_classification.yaml"), *data_args(shards, tmp_path),
-              "--data.label_key", "motion", "--data.classes", str(shards / "classes.json"),
-              "--model.mixup_alpha", "0.8", "--model.cutmix_alpha", "1.0"]
+    common = [
+        "--config",
+        str(CONFIGS / "finetune_classification.yaml"),
+        *data_args(shards, tmp_path),
+        "--data.label_key",
+        "motion",
+        "--data.classes",
+        str(shards / "classes.json"),
+        "--model.mixup_alpha",
+        "0.8",
+        "--model.cutmix_alpha",
+        "1.0",
+    ]
     init = tmp_path / "init.ckpt"
     init.write_bytes(recipe_checkpoint.read_bytes())
     fit = main(["fit", *common, f"--model.init_from={init}", "--trainer.max_epochs", "1"])

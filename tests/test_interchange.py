@@ -93,19 +93,24 @@ def test_init_from_an_imported_file_reads_its_architecture(clip, viclip_file, tm
 
 def umt_block_reference(state: dict, prefix: str, x: torch.Tensor, heads: int) -> torch.Tensor:
     """One UMT student block: qkv with (q_bias, 0, v_bias), layer scale gammas, eps 1e-6, GELU MLP."""
+
     def norm(name, y):
-        return torch.nn.functional.layer_norm(y, y.shape[-1:], state[f"{prefix}{name}.weight"],
-                                             state[f"{prefix}{name}.bias"], eps=1e-6)
+        return torch.nn.functional.layer_norm(
+            y, y.shape[-1:], state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"], eps=1e-6
+        )
 
     q_bias, v_bias = state[prefix + "attn.q_bias"], state[prefix + "attn.v_bias"]
-    qkv = torch.nn.functional.linear(norm("norm1", x), state[prefix + "attn.qkv.weight"],
-                                     torch.cat([q_bias, torch.zeros_like(q_bias), v_bias]))
+    qkv = torch.nn.functional.linear(
+        norm("norm1", x), state[prefix + "attn.qkv.weight"], torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
+    )
     q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=heads)
     attn = rearrange(torch.nn.functional.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)")
     x = x + state[prefix + "gamma_1"] * torch.nn.functional.linear(
-        attn, state[prefix + "attn.proj.weight"], state[prefix + "attn.proj.bias"])
-    hidden = torch.nn.functional.gelu(torch.nn.functional.linear(
-        norm("norm2", x), state[prefix + "mlp.fc1.weight"], state[prefix + "mlp.fc1.bias"]))
+        attn, state[prefix + "attn.proj.weight"], state[prefix + "attn.proj.bias"]
+    )
+    hidden = torch.nn.functional.gelu(
+        torch.nn.functional.linear(norm("norm2", x), state[prefix + "mlp.fc1.weight"], state[prefix + "mlp.fc1.bias"])
+    )
     out = torch.nn.functional.linear(hidden, state[prefix + "mlp.fc2.weight"], state[prefix + "mlp.fc2.bias"])
     return x + state[prefix + "gamma_2"] * out
 
@@ -113,14 +118,29 @@ def umt_block_reference(state: dict, prefix: str, x: torch.Tensor, heads: int) -
 def umt_state(prefix: str, width: int = 64, layers: int = 2, patch: int = 8) -> dict[str, torch.Tensor]:
     """Random tensors under UMT's released student names (tubelet 1, q/v biases, layer scale)."""
     torch.manual_seed(0)
-    state = {f"{prefix}patch_embed.proj.weight": torch.randn(width, 3, 1, patch, patch) * 0.02,
-             f"{prefix}patch_embed.proj.bias": torch.randn(width) * 0.02,
-             f"{prefix}norm.weight": 1 + 0.1 * torch.randn(width), f"{prefix}norm.bias": 0.1 * torch.randn(width)}
-    shapes = {"norm1.weight": (width,), "norm1.bias": (width,), "attn.qkv.weight": (3 * width, width),
-              "attn.q_bias": (width,), "attn.v_bias": (width,), "attn.proj.weight": (width, width),
-              "attn.proj.bias": (width,), "norm2.weight": (width,), "norm2.bias": (width,),
-              "mlp.fc1.weight": (4 * width, width), "mlp.fc1.bias": (4 * width,),
-              "mlp.fc2.weight": (width, 4 * width), "mlp.fc2.bias": (width,), "gamma_1": (width,), "gamma_2": (width,)}
+    state = {
+        f"{prefix}patch_embed.proj.weight": torch.randn(width, 3, 1, patch, patch) * 0.02,
+        f"{prefix}patch_embed.proj.bias": torch.randn(width) * 0.02,
+        f"{prefix}norm.weight": 1 + 0.1 * torch.randn(width),
+        f"{prefix}norm.bias": 0.1 * torch.randn(width),
+    }
+    shapes = {
+        "norm1.weight": (width,),
+        "norm1.bias": (width,),
+        "attn.qkv.weight": (3 * width, width),
+        "attn.q_bias": (width,),
+        "attn.v_bias": (width,),
+        "attn.proj.weight": (width, width),
+        "attn.proj.bias": (width,),
+        "norm2.weight": (width,),
+        "norm2.bias": (width,),
+        "mlp.fc1.weight": (4 * width, width),
+        "mlp.fc1.bias": (4 * width,),
+        "mlp.fc2.weight": (width, 4 * width),
+        "mlp.fc2.bias": (width,),
+        "gamma_1": (width,),
+        "gamma_2": (width,),
+    }
     for i in range(layers):
         state |= {f"{prefix}blocks.{i}.{name}": 0.1 * torch.randn(shape) for name, shape in shapes.items()}
     return state
@@ -132,9 +152,12 @@ def test_umt_student_converts_block_by_block(stage):
     state = umt_state(prefix)
     state["clip_decoder.0.head.weight" if stage == 1 else "vision_encoder.clip_decoder.0.head.weight"] = torch.ones(1)
     if stage == 2:
-        state |= {"vision_proj.weight": torch.randn(32, 64), "vision_proj.bias": torch.zeros(32),
-                  "text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(4, 8),
-                  "itm_head.weight": torch.ones(2, 8)}
+        state |= {
+            "vision_proj.weight": torch.randn(32, 64),
+            "vision_proj.bias": torch.zeros(32),
+            "text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(4, 8),
+            "itm_head.weight": torch.ones(2, 8),
+        }
     converted = convert_state_dict(state)
     assert converted.format == "umt"
     config = resolve_video_config(converted, None, None)
@@ -147,17 +170,31 @@ def test_umt_student_converts_block_by_block(stage):
     if stage == 2:
         assert torch.equal(video.proj, state["vision_proj.weight"].T)
         assert {"vision_proj.bias", "itm_head.weight", "text.bert.embeddings.word_embeddings.weight"} <= set(
-            converted.state)
+            converted.state
+        )
     tokens = torch.randn(2, 10, 64)
     with torch.no_grad():
         ours = video.blocks[0](tokens, num_frames=1, num_prefix_tokens=0)
     torch.testing.assert_close(ours, umt_block_reference(state, f"{prefix}blocks.0.", tokens, heads=1))
 
 
-UMT_STUDENT = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 1, "num_frames": 4,
-               "ls_init_value": 1.0}
-UMT_BERT = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-            "intermediate_size": 64, "max_position_embeddings": 16}
+UMT_STUDENT = {
+    "image_size": 32,
+    "patch_size": 8,
+    "width": 64,
+    "layers": 2,
+    "heads": 1,
+    "num_frames": 4,
+    "ls_init_value": 1.0,
+}
+UMT_BERT = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +212,12 @@ def released_umt(stage: int) -> dict[str, torch.Tensor]:
     decoder = "clip_decoder." if stage == 1 else "vision_encoder.clip_decoder."
     state = umt_state(prefix)
     for k in range(2):
-        state |= {f"{decoder}{k}.head.weight": torch.randn(32, 64), f"{decoder}{k}.head.bias": torch.randn(32),
-                  f"{decoder}{k}.norm.weight": torch.randn(32), f"{decoder}{k}.norm.bias": torch.randn(32)}
+        state |= {
+            f"{decoder}{k}.head.weight": torch.randn(32, 64),
+            f"{decoder}{k}.head.bias": torch.randn(32),
+            f"{decoder}{k}.norm.weight": torch.randn(32),
+            f"{decoder}{k}.norm.bias": torch.randn(32),
+        }
     if stage == 2:
         bert = build_bert_fusion(UMT_BERT, fusion_layer=2, video_width=64)
         for module in bert.modules():  # every tensor random, so a wrong mapping cannot pass by chance
@@ -184,10 +225,15 @@ def released_umt(stage: int) -> dict[str, torch.Tensor]:
                 torch.nn.init.normal_(param)
         state |= {f"text_encoder.{k}": v.clone() for k, v in bert.state_dict().items()}
         state |= {
-            "vision_encoder.pool_norm.weight": torch.randn(64), "vision_encoder.pool_norm.bias": torch.randn(64),
-            "vision_proj.weight": torch.randn(16, 64), "vision_proj.bias": torch.randn(16),
-            "text_proj.weight": torch.randn(16, 32), "text_proj.bias": torch.randn(16),
-            "itm_head.weight": torch.randn(2, 32), "itm_head.bias": torch.randn(2), "temp": torch.tensor(0.05),
+            "vision_encoder.pool_norm.weight": torch.randn(64),
+            "vision_encoder.pool_norm.bias": torch.randn(64),
+            "vision_proj.weight": torch.randn(16, 64),
+            "vision_proj.bias": torch.randn(16),
+            "text_proj.weight": torch.randn(16, 32),
+            "text_proj.bias": torch.randn(16),
+            "itm_head.weight": torch.randn(2, 32),
+            "itm_head.bias": torch.randn(2),
+            "temp": torch.tensor(0.05),
             "clip_teacher.conv1.weight": torch.randn(64, 3, 1, 8, 8),
             "clip_teacher.transformer.resblocks.0.attn.in_proj_weight": torch.randn(192, 64),
         }
@@ -209,13 +255,18 @@ def test_released_umt_files_round_trip_strictly_through_the_umt_recipes(stage, u
     torch.save({"model": released}, path)  # the released files are wrapped
     converted = load_init_weights(path)
     assert converted.format == "umt"
-    teacher = {"teacher": str(umt_teacher_file), "teacher_model": "vit-tiny-test", "align_layers": 2,
-               "teacher_autocast": False}
+    teacher = {
+        "teacher": str(umt_teacher_file),
+        "teacher_model": "vit-tiny-test",
+        "align_layers": 2,
+        "teacher_autocast": False,
+    }
     if stage == 1:
         recipe = UnmaskedTeacher(student=UMT_STUDENT, **teacher)
     else:
-        recipe = UnmaskedTeacherMultimodal(student=UMT_STUDENT, text_model=UMT_BERT, fusion_layer=2, embed_dim=16,
-                                           **teacher)
+        recipe = UnmaskedTeacherMultimodal(
+            student=UMT_STUDENT, text_model=UMT_BERT, fusion_layer=2, embed_dim=16, **teacher
+        )
     state = {k: v for k, v in converted.state.items() if k != "video.proj"}  # the stage-2 student has no proj
     report = load_weights(recipe, state, strict=True)  # every recipe tensor filled, every converted one used
     assert not report.missing and not report.unexpected
@@ -233,8 +284,13 @@ def test_umt_import_into_a_mismatched_student_fails_loudly(umt_teacher_file):
     from vfm.recipes.umt import UnmaskedTeacher
 
     converted = convert_state_dict(released_umt(1))
-    recipe = UnmaskedTeacher(student=UMT_STUDENT | {"width": 128, "heads": 2}, teacher=str(umt_teacher_file),
-                             teacher_model="vit-tiny-test", align_layers=2, teacher_autocast=False)
+    recipe = UnmaskedTeacher(
+        student=UMT_STUDENT | {"width": 128, "heads": 2},
+        teacher=str(umt_teacher_file),
+        teacher_model="vit-tiny-test",
+        align_layers=2,
+        teacher_autocast=False,
+    )
     with pytest.raises(ValueError, match="shape mismatch"):
         load_weights(recipe, converted.state)
     with pytest.raises(RuntimeError, match="no tensor"):

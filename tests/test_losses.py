@@ -57,9 +57,7 @@ def test_logit_scale_starts_at_temperature_one_hundredth_and_is_clamped():
     video, text, ids = make_batch()
     loss(video, text, ids).backward()
     assert loss.logit_scale.log_scale.grad is not None
-    assert LogitScale(init_scale=1 / 0.07, max_scale=1000.0, min_scale=2.0)().item() == pytest.approx(
-        1 / 0.07
-    )
+    assert LogitScale(init_scale=1 / 0.07, max_scale=1000.0, min_scale=2.0)().item() == pytest.approx(1 / 0.07)
 
 
 def test_mlm_loss_matches_reference_on_masked_positions_only():
@@ -67,12 +65,7 @@ def test_mlm_loss_matches_reference_on_masked_positions_only():
     logits = torch.randn(2, 5, 11, generator=generator)
     labels = torch.tensor([[-100, 3, -100, 7, -100], [1, -100, -100, -100, 10]])
     expected = torch.stack(
-        [
-            -logits[b, t].log_softmax(-1)[labels[b, t]]
-            for b in range(2)
-            for t in range(5)
-            if labels[b, t] != -100
-        ]
+        [-logits[b, t].log_softmax(-1)[labels[b, t]] for b in range(2) for t in range(5) if labels[b, t] != -100]
     ).mean()
     torch.testing.assert_close(masked_lm_loss(logits, labels), expected)
     torch.testing.assert_close(masked_lm_loss(logits[labels != -100], labels), expected)
@@ -149,7 +142,5 @@ def test_vtc_is_computed_in_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = video_text_contrastive_loss(video.bfloat16(), text.bfloat16(), torch.tensor(100.0), ids)
     assert loss.dtype == torch.float32
-    expected = video_text_contrastive_loss(
-        video.bfloat16().float(), text.bfloat16().float(), torch.tensor(100.0), ids
-    )
+    expected = video_text_contrastive_loss(video.bfloat16().float(), text.bfloat16().float(), torch.tensor(100.0), ids)
     torch.testing.assert_close(loss, expected)

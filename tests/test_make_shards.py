@@ -108,33 +108,82 @@ def test_broken_inputs_are_skipped_with_a_reason(tmp_path: Path, clip: bytes) ->
     (media / "random.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
     (media / "text.mp4").write_text("this is not a video\n" * 20)
     audio_only_mp4(media / "audio.mp4")
-    rows = [[name, f"caption of {name}"] for name in ("good0.mp4", "good1.mp4", "good2.mp4", "faststart.mp4",
-            "empty.mp4", "cut_moov_at_end.mp4", "cut_faststart.mp4", "random.mp4", "text.mp4", "audio.mp4",
-            "missing.mp4")]
+    rows = [
+        [name, f"caption of {name}"]
+        for name in (
+            "good0.mp4",
+            "good1.mp4",
+            "good2.mp4",
+            "faststart.mp4",
+            "empty.mp4",
+            "cut_moov_at_end.mp4",
+            "cut_faststart.mp4",
+            "random.mp4",
+            "text.mp4",
+            "audio.mp4",
+            "missing.mp4",
+        )
+    ]
     rows += [["blank_caption.mp4", ""], ["space_caption.mp4", "  \t "]]
     rows += [[str(media / "good2.mp4"), "an absolute path"]]
     out = tmp_path / "out"
-    stats = make_shards(write_csv(tmp_path / "rows.csv", ["video", "caption"], rows), media, out,
-                        samples_per_shard=3, workers=1, show_progress=False)
+    stats = make_shards(
+        write_csv(tmp_path / "rows.csv", ["video", "caption"], rows),
+        media,
+        out,
+        samples_per_shard=3,
+        workers=1,
+        show_progress=False,
+    )
     assert read_skipped(out) == {
-        "empty.mp4": "empty_file", "cut_moov_at_end.mp4": "truncated", "cut_faststart.mp4": "truncated",
-        "random.mp4": "not_video", "text.mp4": "not_video", "audio.mp4": "no_video_stream",
-        "missing.mp4": "missing", "blank_caption.mp4": "empty_caption", "space_caption.mp4": "empty_caption"}
+        "empty.mp4": "empty_file",
+        "cut_moov_at_end.mp4": "truncated",
+        "cut_faststart.mp4": "truncated",
+        "random.mp4": "not_video",
+        "text.mp4": "not_video",
+        "audio.mp4": "no_video_stream",
+        "missing.mp4": "missing",
+        "blank_caption.mp4": "empty_caption",
+        "space_caption.mp4": "empty_caption",
+    }
     samples = read_samples(out)
     assert sorted(sample["json"]["source"] for sample in samples.values()) == sorted(
-        ["good0.mp4", "good1.mp4", "good2.mp4", "faststart.mp4", str(media / "good2.mp4")])
-    assert check_stats(out, samples)["skipped"] == {"empty_caption": 2, "empty_file": 1, "missing": 1,
-                                                    "no_video_stream": 1, "not_video": 2, "truncated": 2}
+        ["good0.mp4", "good1.mp4", "good2.mp4", "faststart.mp4", str(media / "good2.mp4")]
+    )
+    assert check_stats(out, samples)["skipped"] == {
+        "empty_caption": 2,
+        "empty_file": 1,
+        "missing": 1,
+        "no_video_stream": 1,
+        "not_video": 2,
+        "truncated": 2,
+    }
     meta = samples["000000000"]["json"]
-    assert meta == {"caption": "caption of good0.mp4", "source": "good0.mp4", "id": "good0.mp4",
-                    "num_frames": 8, "fps": 8.0, "duration": 1.0, "width": 64, "height": 48, "codec": "h264"}
+    assert meta == {
+        "caption": "caption of good0.mp4",
+        "source": "good0.mp4",
+        "id": "good0.mp4",
+        "num_frames": 8,
+        "fps": 8.0,
+        "duration": 1.0,
+        "width": 64,
+        "height": 48,
+        "codec": "h264",
+    }
     assert samples["000000000"]["mp4"] == clip  # the media bytes go in untouched
     assert stats["shards"][0]["name"] == "train-000000.tar" and set(stats["splits"]) == {"train"}
 
 
-@pytest.mark.parametrize(("codec", "suffix", "name"), [
-    ("libx264", ".mp4", "h264"), ("libx265", ".mkv", "hevc"), ("libvpx-vp9", ".webm", "vp9"),
-    ("mpeg4", ".mov", "mpeg4"), ("mpeg4", ".avi", "mpeg4")])
+@pytest.mark.parametrize(
+    ("codec", "suffix", "name"),
+    [
+        ("libx264", ".mp4", "h264"),
+        ("libx265", ".mkv", "hevc"),
+        ("libvpx-vp9", ".webm", "vp9"),
+        ("mpeg4", ".mov", "mpeg4"),
+        ("mpeg4", ".avi", "mpeg4"),
+    ],
+)
 def test_each_codec_and_container(tmp_path: Path, codec: str, suffix: str, name: str) -> None:
     try:
         av.codec.Codec(codec, "w")
@@ -145,8 +194,11 @@ def test_each_codec_and_container(tmp_path: Path, codec: str, suffix: str, name:
     encode_video(frames(12, 64, 64), tmp_path / "media" / f"clip{suffix.upper()}", codec=codec, gop=4)
     truncated = (tmp_path / "media" / f"clip{suffix.upper()}").read_bytes()[:-40]
     (tmp_path / "media" / f"cut{suffix}").write_bytes(truncated)
-    csv_path = write_csv(tmp_path / "rows.csv", ["video", "caption"],
-                         [[f"clip{suffix.upper()}", "a clip"], [f"cut{suffix}", "a cut clip"]])
+    csv_path = write_csv(
+        tmp_path / "rows.csv",
+        ["video", "caption"],
+        [[f"clip{suffix.upper()}", "a clip"], [f"cut{suffix}", "a cut clip"]],
+    )
     stats = make_shards(csv_path, tmp_path / "media", tmp_path / "out", workers=1, show_progress=False)
     sample = read_samples(tmp_path / "out")["000000000"]
     assert sample["json"]["codec"] == name and sample["json"]["num_frames"] == 12
@@ -159,13 +211,29 @@ def test_webvid_layout(tmp_path: Path, clip: bytes) -> None:
     for page_dir, videoid in (("000001_000050", "1001"), ("000051_000100", "1051")):
         (tmp_path / "videos" / page_dir).mkdir(parents=True)
         (tmp_path / "videos" / page_dir / f"{videoid}.mp4").write_bytes(clip)
-    rows = [["1001", "http://x/1001.mp4", "PT00H00M01S", "000001_000050", "a red circle moves left"],
-            ["1051", "http://x/1051.mp4", "PT00H00M01S", "000051_000100", "a blue square grows"],
-            ["1099", "http://x/1099.mp4", "PT00H00M01S", "000051_000100", "never downloaded"]]
+    rows = [
+        ["1001", "http://x/1001.mp4", "PT00H00M01S", "000001_000050", "a red circle moves left"],
+        ["1051", "http://x/1051.mp4", "PT00H00M01S", "000051_000100", "a blue square grows"],
+        ["1099", "http://x/1099.mp4", "PT00H00M01S", "000051_000100", "never downloaded"],
+    ]
     header = ["videoid", "contentUrl", "duration", "page_dir", "name"]
     csv_path = write_csv(tmp_path / "results.csv", header, rows)
-    assert main(["--csv", str(csv_path), "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),
-                 "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--csv",
+                str(csv_path),
+                "--videos",
+                str(tmp_path / "videos"),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = read_samples(tmp_path / "out")["000000001"]["json"]
     assert meta["videoid"] == "1051" and meta["caption"] == "a blue square grows"
     assert meta["source"] == "000051_000100/1051.mp4" and meta["page_dir"] == "000051_000100"
@@ -197,8 +265,13 @@ def test_image_caption_csv(tmp_path: Path) -> None:
     csv_path = write_csv(tmp_path / "images.csv", ["image", "caption"], rows)
     stats = make_shards(csv_path, tmp_path / "images", tmp_path / "out", workers=1, show_progress=False)
     samples = read_samples(tmp_path / "out")
-    assert samples["000000000"]["json"] == {"caption": "a red image", "source": "red.jpg", "id": "red.jpg",
-                                            "width": 40, "height": 30}
+    assert samples["000000000"]["json"] == {
+        "caption": "a red image",
+        "source": "red.jpg",
+        "id": "red.jpg",
+        "width": 40,
+        "height": 30,
+    }
     assert "png" in samples["000000001"] and samples["000000001"]["json"]["width"] == 20
     assert stats["skipped"] == {"not_image": 1, "truncated": 1}
 
@@ -210,13 +283,24 @@ def test_split_column_decides_split_and_extra_columns_pass_through(tmp_path: Pat
     for index, split in enumerate(["train"] * 5 + ["val"] * 3 + ["test"] * 2):
         (tmp_path / "media" / f"{index}.mp4").write_bytes(clip)
         rows.append([f"{index}.mp4", f"caption {index}", split, f"reversed {index}", "left", "2"])
-    stats = make_shards(write_csv(tmp_path / "s.csv", header, rows), tmp_path / "media", tmp_path / "out",
-                        samples_per_shard=2, workers=2, show_progress=False)
+    stats = make_shards(
+        write_csv(tmp_path / "s.csv", header, rows),
+        tmp_path / "media",
+        tmp_path / "out",
+        samples_per_shard=2,
+        workers=2,
+        show_progress=False,
+    )
     samples = read_samples(tmp_path / "out")
     assert stats["splits"] == {"test": 2, "train": 5, "val": 3}
     assert [shard["name"] for shard in stats["shards"]] == [
-        "test-000000.tar", "train-000000.tar", "train-000001.tar", "train-000002.tar", "val-000000.tar",
-        "val-000001.tar"]
+        "test-000000.tar",
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+        "val-000000.tar",
+        "val-000001.tar",
+    ]
     for key, sample in samples.items():
         assert sample["shard"].split("-")[0] == sample["json"]["split"] == rows[int(key)][2]
         assert sample["json"]["reverse_caption"] == f"reversed {int(key)}"
@@ -232,16 +316,34 @@ def test_val_fraction_is_a_stable_hash_of_the_id(tmp_path: Path, clip: bytes) ->
     splits = []
     for run, order in enumerate([names, names[::-1]]):  # another row order and seed: same val clips
         csv_path = write_csv(tmp_path / f"{run}.csv", ["video", "caption"], [[name, "c"] for name in order])
-        make_shards(csv_path, tmp_path / "media", tmp_path / f"out{run}", samples_per_shard=4, workers=1,
-                    val_fraction=0.3, seed=run, show_progress=False)
+        make_shards(
+            csv_path,
+            tmp_path / "media",
+            tmp_path / f"out{run}",
+            samples_per_shard=4,
+            workers=1,
+            val_fraction=0.3,
+            seed=run,
+            show_progress=False,
+        )
         samples = read_samples(tmp_path / f"out{run}").values()
         splits.append({sample["json"]["source"]: sample["shard"].split("-")[0] for sample in samples})
     assert splits[0] == splits[1] and set(splits[0].values()) == {"train", "val"}
 
 
 def test_plan_streams_every_row_once_into_numbered_shuffled_shards() -> None:
-    rows = [Row(index, f"{index}.mp4", "video", {"caption": "c"}, ("id", str(index)),
-                "val" if index % 5 == 0 else "train", {}) for index in range(2000)]  # > one shuffle window
+    rows = [
+        Row(
+            index,
+            f"{index}.mp4",
+            "video",
+            {"caption": "c"},
+            ("id", str(index)),
+            "val" if index % 5 == 0 else "train",
+            {},
+        )
+        for index in range(2000)
+    ]  # > one shuffle window
     plan = list(plan_shards(iter(rows), 4, seed=0))
     assert sorted(row.index for _, _, shard in plan for row in shard) == list(range(2000))
     assert all(0 < len(shard) <= 4 and {row.split for row in shard} == {split} for _, split, shard in plan)
@@ -259,8 +361,9 @@ def test_reencode_to_short_side_and_max_duration(tmp_path: Path, clip: bytes) ->
     (tmp_path / "media" / "small.mp4").write_bytes(small)
     rows = [["big.webm", "big"], ["small.mp4", "small"]]
     csv_path = write_csv(tmp_path / "r.csv", ["video", "caption"], rows)
-    make_shards(csv_path, tmp_path / "media", tmp_path / "out", workers=1, short_side=32, max_duration=1.0,
-                show_progress=False)
+    make_shards(
+        csv_path, tmp_path / "media", tmp_path / "out", workers=1, short_side=32, max_duration=1.0, show_progress=False
+    )
     big, kept = read_samples(tmp_path / "out")["000000000"], read_samples(tmp_path / "out")["000000001"]
     assert "mp4" in big and big["json"]["codec"] == "h264" and big["json"]["source"] == "big.webm"
     assert (big["json"]["width"], big["json"]["height"]) == (42, 32)
@@ -274,12 +377,14 @@ def test_changed_options_on_rerun_fail_clearly(tmp_path: Path, clip: bytes) -> N
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "a.mp4").write_bytes(clip)
     csv_path = write_csv(tmp_path / "a.csv", ["video", "caption"], [["a.mp4", "a"]] * 3)
-    first = make_shards(csv_path, tmp_path / "media", tmp_path / "out", samples_per_shard=2, workers=1,
-                        show_progress=False)
+    first = make_shards(
+        csv_path, tmp_path / "media", tmp_path / "out", samples_per_shard=2, workers=1, show_progress=False
+    )
     with pytest.raises(ShardError, match="samples_per_shard: 2 before, 3 now"):
         make_shards(csv_path, tmp_path / "media", tmp_path / "out", samples_per_shard=3, show_progress=False)
-    assert make_shards(csv_path, tmp_path / "media", tmp_path / "out", samples_per_shard=2,
-                       show_progress=False) == first  # same options: nothing to redo, same stats
+    assert (
+        make_shards(csv_path, tmp_path / "media", tmp_path / "out", samples_per_shard=2, show_progress=False) == first
+    )  # same options: nothing to redo, same stats
 
 
 def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
@@ -309,8 +414,20 @@ def test_sigkill_then_rerun_writes_every_good_clip_once(tmp_path: Path, clip: by
     (media / stuck).unlink()
     os.mkfifo(media / stuck)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "data_prep.make_shards", "--csv", str(csv_path), "--videos", str(media),
-               "--out", str(out), "--samples-per-shard", "3", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "data_prep.make_shards",
+        "--csv",
+        str(csv_path),
+        "--videos",
+        str(media),
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "3",
+        "--no-progress",
+    ]
     process = subprocess.Popen([*command, "--workers", "1"], cwd=REPO, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

@@ -41,8 +41,13 @@ def test_training_step_trains_every_tower():
     loss = recipe.training_step(batch(), 0)
     loss.backward()
     assert torch.isfinite(loss)
-    for name in ("video.conv1.weight", "video.temporal_embedding", "text.token_embedding.weight",
-                 "fusion.layers.0.cross_attn.in_proj_weight", "vtc.logit_scale.log_scale"):
+    for name in (
+        "video.conv1.weight",
+        "video.temporal_embedding",
+        "text.token_embedding.weight",
+        "fusion.layers.0.cross_attn.in_proj_weight",
+        "vtc.logit_scale.log_scale",
+    ):
         param = dict(recipe.named_parameters()).get(name)
         if param is None:  # names differ across fusion implementations: check the tower instead
             continue
@@ -113,14 +118,35 @@ def recipe_shards(tmp_path_factory):
 
 def test_fit_then_test_through_the_cli(recipe_shards, tmp_path):
     common = [
-        "--config", str(CONFIGS / "post_pretrain.yaml"),
-        "--model.model", "vit-tiny-test", "--model.num_frames", "4", "--model.fusion_heads", "4",
-        "--data.train_shards", str(recipe_shards / "train-*.tar"),
-        "--data.val_shards", str(recipe_shards / "val-*.tar"),
-        "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.samples_per_epoch", "16", "--data.context_length", "32",
-        "--trainer.precision", "32-true", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(CONFIGS / "post_pretrain.yaml"),
+        "--model.model",
+        "vit-tiny-test",
+        "--model.num_frames",
+        "4",
+        "--model.fusion_heads",
+        "4",
+        "--data.train_shards",
+        str(recipe_shards / "train-*.tar"),
+        "--data.val_shards",
+        str(recipe_shards / "val-*.tar"),
+        "--data.num_frames",
+        "4",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_epoch",
+        "16",
+        "--data.context_length",
+        "32",
+        "--trainer.precision",
+        "32-true",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     checkpoint = fit.trainer.checkpoint_callback.last_model_path

@@ -10,12 +10,24 @@ import torch
 from vfm.bench import recipe_mfu
 
 TINY_STUDENT = {"patch_size": 8, "width": 32, "layers": 2, "heads": 2}
-TINY_BERT = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 32}
+TINY_BERT = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 32,
+}
 TINY = {
     "umt": {"student": TINY_STUDENT, "teacher_model": "vit-tiny-test", "align_layers": 2},
-    "umt_multimodal": {"student": TINY_STUDENT, "teacher_model": "vit-tiny-test", "align_layers": 2,
-                       "text_model": TINY_BERT, "fusion_layer": 1, "embed_dim": 16},
+    "umt_multimodal": {
+        "student": TINY_STUDENT,
+        "teacher_model": "vit-tiny-test",
+        "align_layers": 2,
+        "text_model": TINY_BERT,
+        "fusion_layer": 1,
+        "embed_dim": 16,
+    },
 }
 
 

@@ -14,8 +14,17 @@ from PIL import Image
 
 from data_prep import synthetic as syn
 
-TINY = dict(num_train=6, num_val=2, num_long=2, num_long_val=1, num_images=6, num_image_val=2, size=32,
-            long_size=32, progress=False)
+TINY = dict(
+    num_train=6,
+    num_val=2,
+    num_long=2,
+    num_long_val=1,
+    num_images=6,
+    num_image_val=2,
+    size=32,
+    long_size=32,
+    progress=False,
+)
 STYLES = [(template, definite) for template in range(len(syn.CHAINS)) for definite in (False, True)]
 
 
@@ -27,8 +36,11 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
 
 def digest(directory: Path) -> dict[str, str]:
     """Hash of every file under ``directory``, by relative path."""
-    return {str(p.relative_to(directory)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +57,9 @@ def plans(kind: str, count: int, val: bool, shape_hw: tuple[int, int] = (64, 64)
         rng = np.random.default_rng([0, 99, int(val), index])
         if kind == "long":
             num_frames = int(rng.integers(60, 481))
-            options = dict(num_objects=int(rng.integers(2, 4)), num_events=int(rng.integers(4, 13)),
-                           min_move=0.4, sequential=False)
+            options = dict(
+                num_objects=int(rng.integers(2, 4)), num_events=int(rng.integers(4, 13)), min_move=0.4, sequential=False
+            )
         else:
             num_frames, num_objects = int(rng.choice([24, 32])), 1 + int(rng.random() < 0.5)
             options = dict(num_objects=num_objects, num_events=num_objects, min_move=0.45, sequential=True)
@@ -64,8 +77,22 @@ def test_same_seed_same_corpus_whatever_the_workers(corpus, tmp_path):
 
 def test_webvid_layout_and_media_decode(corpus):
     columns, rows = read_csv(corpus / "clips.csv")
-    assert columns == ["videoid", "contentUrl", "duration", "page_dir", "name", "split", "reverse_caption",
-                       "motion", "shape", "colour", "num_objects", "events", "fps", "num_frames"]
+    assert columns == [
+        "videoid",
+        "contentUrl",
+        "duration",
+        "page_dir",
+        "name",
+        "split",
+        "reverse_caption",
+        "motion",
+        "shape",
+        "colour",
+        "num_objects",
+        "events",
+        "fps",
+        "num_frames",
+    ]
     long_columns, long_rows = read_csv(corpus / "long.csv")
     assert long_columns == columns[:7] + ["swapped_caption"] + columns[7:]
     classes = json.loads((corpus / "classes.json").read_text())
@@ -96,8 +123,11 @@ def test_captions_columns_agree_with_events(corpus):
             events, num_frames = json.loads(row["events"]), int(row["num_frames"])
             style = next(s for s in STYLES if syn.describe(events, s) == row["name"])
             assert row["reverse_caption"] == syn.reverse_caption(events, num_frames, style)
-            assert (row["motion"], row["shape"], row["colour"]) == (events[0]["motion"], events[0]["shape"],
-                                                                    events[0]["colour"])
+            assert (row["motion"], row["shape"], row["colour"]) == (
+                events[0]["motion"],
+                events[0]["shape"],
+                events[0]["colour"],
+            )
             assert int(row["num_objects"]) >= len({event["object"] for event in events})
 
 
@@ -130,8 +160,17 @@ def test_reverse_twice_is_identity_and_reverses_each_motion():
             caption = syn.describe(events, style)
             assert syn.reverse_caption(backwards, num_frames, style) == caption
             assert syn.reverse_caption(events, num_frames, style) != caption
-    one = [{"object": 0, "colour": "red", "shape": "triangle", "motion": "left", "synonym": 1,
-            "start_frame": 2, "end_frame": 20}]
+    one = [
+        {
+            "object": 0,
+            "colour": "red",
+            "shape": "triangle",
+            "motion": "left",
+            "synonym": 1,
+            "start_frame": 2,
+            "end_frame": 20,
+        }
+    ]
     assert syn.describe(one, (0, False)) == "a red triangle slides left"
     assert syn.reverse_caption(one, 24, (0, False)) == "a red triangle slides right"
 
@@ -143,7 +182,7 @@ def turn_degrees(before: np.ndarray, after: np.ndarray, folds: int) -> float:
     """
     phases = []
     for cover in (before, after):
-        ys, xs = np.mgrid[0:cover.shape[0], 0:cover.shape[1]]
+        ys, xs = np.mgrid[0 : cover.shape[0], 0 : cover.shape[1]]
         centre_x, centre_y = (cover * xs).sum() / cover.sum(), (cover * ys).sum() / cover.sum()
         phases.append(np.angle((cover * ((xs - centre_x) + 1j * (ys - centre_y)) ** folds).sum()))
     return float(np.degrees(np.angle(np.exp(1j * (phases[1] - phases[0]))))) / folds
@@ -157,7 +196,7 @@ def test_rendered_motion_is_what_the_caption_says():
         for event in scene["events"]:
             obj, start, end, motion = (event[key] for key in ("object", "start_frame", "end_frame", "motion"))
             black = np.zeros((size, size, 3), np.uint8)
-            frames = syn.render(tracks[obj:obj + 1], [scene["objects"][obj]], black)  # the actor alone
+            frames = syn.render(tracks[obj : obj + 1], [scene["objects"][obj]], black)  # the actor alone
             cover = frames.max(axis=-1) / max(syn.COLOURS[event["colour"]])  # coverage, whatever the colour
             mass = cover.sum(axis=(1, 2))
             moments = np.stack([(cover * grid).sum(axis=(1, 2)) for grid in (xs, ys)], 1)
@@ -211,8 +250,9 @@ def test_long_csv_swapped_caption_differs(corpus):
 
 
 def test_webvid_like_clips(tmp_path):
-    summary = syn.make_corpus(tmp_path, seed=0, num_train=1, num_val=0, webvid_like=True, gop=25, workers=1,
-                              progress=False)
+    summary = syn.make_corpus(
+        tmp_path, seed=0, num_train=1, num_val=0, webvid_like=True, gop=25, workers=1, progress=False
+    )
     assert set(summary["csv"]) == {"clips"} and not (tmp_path / "long.csv").exists()
     (row,) = read_csv(tmp_path / "clips.csv")[1]
     with av.open(str(tmp_path / "videos" / row["page_dir"] / f"{row['videoid']}.mp4")) as container:

@@ -58,9 +58,7 @@ def test_mask_ids_use_the_learned_mask_embedding_and_keep_eot_pooling(clip, toke
     masked = tokens.clone()
     masked[:, 1] = MASK_TOKEN_ID
     embedded = text.embed(masked)
-    torch.testing.assert_close(
-        embedded[:, 1], text.mask_embedding + text.positional_embedding[1].expand(3, -1)
-    )
+    torch.testing.assert_close(embedded[:, 1], text.mask_embedding + text.positional_embedding[1].expand(3, -1))
     torch.testing.assert_close(
         text._pool(torch.arange(32.0)[None, :, None].expand(3, -1, 1), masked)[:, 0],
         (tokens == EOT_TOKEN_ID).float().argmax(1).float(),

@@ -27,8 +27,15 @@ def teacher_file(tmp_path_factory) -> Path:
 
 
 def recipe(teacher_file: Path, **overrides) -> UnmaskedTeacher:
-    kwargs = dict(student=STUDENT, teacher=str(teacher_file), teacher_model="vit-tiny-test", align_layers=2,
-                  teacher_autocast=False, drop_path_rate=0.0, lr_reference_batch=None)
+    kwargs = dict(
+        student=STUDENT,
+        teacher=str(teacher_file),
+        teacher_model="vit-tiny-test",
+        align_layers=2,
+        teacher_autocast=False,
+        drop_path_rate=0.0,
+        lr_reference_batch=None,
+    )
     return UnmaskedTeacher(**(kwargs | overrides))
 
 
@@ -167,15 +174,37 @@ def umt_shards(tmp_path_factory):
 def cli_args(shards: Path, teacher: Path, root: Path) -> list[str]:
     """A tiny stage-1 run through the command line (2-layer student, 4 steps an epoch)."""
     return [
-        "--config", str(CONFIGS / "umt.yaml"),
-        "--model.student", '{"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}',
-        "--model.teacher", str(teacher), "--model.teacher_model", "vit-tiny-test",
-        "--model.align_layers", "2", "--model.teacher_autocast", "false",
-        "--data.train_shards", str(shards / "train-*.tar"), "--data.val_shards", str(shards / "val-*.tar"),
-        "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.samples_per_epoch", "16",
-        "--trainer.precision", "32-true", f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(CONFIGS / "umt.yaml"),
+        "--model.student",
+        '{"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}',
+        "--model.teacher",
+        str(teacher),
+        "--model.teacher_model",
+        "vit-tiny-test",
+        "--model.align_layers",
+        "2",
+        "--model.teacher_autocast",
+        "false",
+        "--data.train_shards",
+        str(shards / "train-*.tar"),
+        "--data.val_shards",
+        str(shards / "val-*.tar"),
+        "--data.num_frames",
+        "4",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_epoch",
+        "16",
+        "--trainer.precision",
+        "32-true",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
 
 

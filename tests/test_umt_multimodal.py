@@ -19,22 +19,40 @@ from vfm.recipes.umt import UnmaskedTeacher
 from vfm.recipes.umt_multimodal import UnmaskedTeacherMultimodal
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-TINY_BERT = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 32}
+TINY_BERT = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 32,
+}
 STUDENT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "num_frames": 4}
-CAPTIONS = ["a red circle moves to the left", "a blue square grows, then a green star vanishes",
-            "a picture of a yellow triangle", "an orange star turns clockwise"]
+CAPTIONS = [
+    "a red circle moves to the left",
+    "a blue square grows, then a green star vanishes",
+    "a picture of a yellow triangle",
+    "an orange star turns clockwise",
+]
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    return train_wordpiece(CAPTIONS * 4 + [f"clip number {i}" for i in range(200)],
-                           tmp_path_factory.mktemp("wordpiece"), vocab_size=128)
+    return train_wordpiece(
+        CAPTIONS * 4 + [f"clip number {i}" for i in range(200)], tmp_path_factory.mktemp("wordpiece"), vocab_size=128
+    )
 
 
 def tiny_recipe(**overrides) -> UnmaskedTeacherMultimodal:
-    kwargs = dict(student=STUDENT, text_model=TINY_BERT, fusion_layer=2, embed_dim=16, mask_mode="per_frame",
-                  drop_path_rate=0.0, rerank_k=4)
+    kwargs = dict(
+        student=STUDENT,
+        text_model=TINY_BERT,
+        fusion_layer=2,
+        embed_dim=16,
+        mask_mode="per_frame",
+        drop_path_rate=0.0,
+        rerank_k=4,
+    )
     return UnmaskedTeacherMultimodal(**(kwargs | overrides))
 
 
@@ -92,8 +110,12 @@ def test_rerank_scores_only_the_top_k_and_keeps_them_above_the_rest():
 
 def batch(frames: int = 4, size: int = 4) -> dict:
     captions = CAPTIONS[:size]
-    return {"video": torch.randn(size, frames, 3, 32, 32), "text": torch.randint(5, 128, (size, 10)),
-            "text_mask": torch.ones(size, 10, dtype=torch.bool), "caption": captions}
+    return {
+        "video": torch.randn(size, frames, 3, 32, 32),
+        "text": torch.randint(5, 128, (size, 10)),
+        "text_mask": torch.ones(size, 10, dtype=torch.bool),
+        "caption": captions,
+    }
 
 
 def test_training_step_trains_every_part_on_video_and_image_batches():
@@ -106,9 +128,15 @@ def test_training_step_trains_every_part_on_video_and_image_batches():
         assert keep.shape[1] == frames * (8 if frames == 1 else 3)  # of 16 patches: 50% / 80% hidden
         loss = model.training_step(batch(frames), 0)
         loss.backward()
-        for name in ("video.conv1.weight", "text.bert.embeddings.word_embeddings.weight",
-                     "text.bert.encoder.layer.2.crossattention.self.key.weight", "itm_head.weight",
-                     "vision_proj.weight", "text_proj.weight", "vtc.logit_scale.log_scale"):
+        for name in (
+            "video.conv1.weight",
+            "text.bert.embeddings.word_embeddings.weight",
+            "text.bert.encoder.layer.2.crossattention.self.key.weight",
+            "itm_head.weight",
+            "vision_proj.weight",
+            "text_proj.weight",
+            "vtc.logit_scale.log_scale",
+        ):
             grad = dict(model.named_parameters())[name].grad
             assert grad is not None and grad.abs().sum() > 0, (frames, name)
 
@@ -121,13 +149,26 @@ def test_stage_two_with_teacher_aligns_and_loads_the_stage_one_student(tmp_path)
         clip = create_clip("vit-tiny-test")
     teacher = tmp_path / "teacher.pt"
     torch.save(clip.state_dict(), teacher)
-    stage1 = UnmaskedTeacher(student=STUDENT, teacher=str(teacher), teacher_model="vit-tiny-test", align_layers=2,
-                             teacher_autocast=False)
+    stage1 = UnmaskedTeacher(
+        student=STUDENT, teacher=str(teacher), teacher_model="vit-tiny-test", align_layers=2, teacher_autocast=False
+    )
     checkpoint = tmp_path / "stage1.ckpt"
-    torch.save({"state_dict": stage1.state_dict(), "hyper_parameters": dict(stage1.hparams),
-                "video_config": stage1.video_config}, checkpoint)
-    model = tiny_recipe(init_from=str(checkpoint), teacher=str(teacher), teacher_model="vit-tiny-test",
-                        align_layers=2, teacher_autocast=False, mask_mode="attention")
+    torch.save(
+        {
+            "state_dict": stage1.state_dict(),
+            "hyper_parameters": dict(stage1.hparams),
+            "video_config": stage1.video_config,
+        },
+        checkpoint,
+    )
+    model = tiny_recipe(
+        init_from=str(checkpoint),
+        teacher=str(teacher),
+        teacher_model="vit-tiny-test",
+        align_layers=2,
+        teacher_autocast=False,
+        mask_mode="attention",
+    )
     model.load_init(str(checkpoint))
     for name, value in stage1.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, msg=name)
@@ -150,12 +191,23 @@ def test_interleaved_image_and_video_batches(tmp_path, tokenizer_dir):
     for i in range(8):
         buffer = io.BytesIO()
         Image.fromarray(numbered_frames(1, seed=i)[0]).save(buffer, format="JPEG")
-        images.append({"__key__": f"img{i}", "jpg": buffer.getvalue(),
-                       "json": json.dumps({"caption": f"a picture {i}"}).encode()})
+        images.append(
+            {"__key__": f"img{i}", "jpg": buffer.getvalue(), "json": json.dumps({"caption": f"a picture {i}"}).encode()}
+        )
     image_shards = write_shards(tmp_path / "images", images, 4, "train")
-    data = VideoTextDataModule(train_shards=videos, image_shards=image_shards, val_shards=None, batch_size=2,
-                               image_batch_size=4, num_workers=0, num_frames=4, image_size=32,
-                               samples_per_epoch=8, tokenizer=str(tokenizer_dir), context_length=16)
+    data = VideoTextDataModule(
+        train_shards=videos,
+        image_shards=image_shards,
+        val_shards=None,
+        batch_size=2,
+        image_batch_size=4,
+        num_workers=0,
+        num_frames=4,
+        image_size=32,
+        samples_per_epoch=8,
+        tokenizer=str(tokenizer_dir),
+        context_length=16,
+    )
     stream = data.train_dataset()
     shapes = [tuple(b["video"].shape[:2]) for b in stream]
     assert len(stream) == 8 and shapes == [(4, 1), (2, 4)] * 4
@@ -174,15 +226,43 @@ def multimodal_shards(tmp_path_factory):
 
 def test_fit_then_test_reports_reranked_retrieval(multimodal_shards, tokenizer_dir, tmp_path):
     common = [
-        "--config", str(CONFIGS / "umt_multimodal.yaml"),
-        "--model.student", json.dumps(STUDENT), "--model.text_model", json.dumps(TINY_BERT),
-        "--model.fusion_layer", "2", "--model.embed_dim", "16", "--model.rerank_k", "4",
-        "--data.train_shards", str(multimodal_shards / "train-*.tar"), "--data.image_shards", "null",
-        "--data.val_shards", str(multimodal_shards / "val-*.tar"), "--data.tokenizer", str(tokenizer_dir),
-        "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.samples_per_epoch", "16", "--data.context_length", "16",
-        "--trainer.precision", "32-true", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(CONFIGS / "umt_multimodal.yaml"),
+        "--model.student",
+        json.dumps(STUDENT),
+        "--model.text_model",
+        json.dumps(TINY_BERT),
+        "--model.fusion_layer",
+        "2",
+        "--model.embed_dim",
+        "16",
+        "--model.rerank_k",
+        "4",
+        "--data.train_shards",
+        str(multimodal_shards / "train-*.tar"),
+        "--data.image_shards",
+        "null",
+        "--data.val_shards",
+        str(multimodal_shards / "val-*.tar"),
+        "--data.tokenizer",
+        str(tokenizer_dir),
+        "--data.num_frames",
+        "4",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_epoch",
+        "16",
+        "--data.context_length",
+        "16",
+        "--trainer.precision",
+        "32-true",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     checkpoint = fit.trainer.checkpoint_callback.last_model_path

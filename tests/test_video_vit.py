@@ -64,9 +64,7 @@ def test_layer_scale_and_quick_gelu_tower_matches_open_clip():
     assert video_vit.blocks[0].ls_1.gamma.shape == (64,)
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(
-            video_vit(static_clip(image, 3)), clip.encode_image(image), atol=1e-4, rtol=0
-        )
+        torch.testing.assert_close(video_vit(static_clip(image, 3)), clip.encode_image(image), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("attention", ["joint", "factorized", "frame"])
@@ -207,9 +205,7 @@ def test_missing_pretrained_warns_and_foreign_file_fails_loudly(tmp_path):
         load_weights(torch.nn.Linear(2, 2), tmp_path / "absent.bin")
 
 
-@pytest.mark.parametrize(
-    "options", [{"cls_key_bias": True}, {"attention": "factorized"}], ids=["joint", "fact"]
-)
+@pytest.mark.parametrize("options", [{"cls_key_bias": True}, {"attention": "factorized"}], ids=["joint", "fact"])
 def test_bf16_autocast_training_step(clip, options):
     video_vit = VideoViT.from_open_clip(clip.visual, drop_ratio=0.5, drop_mode="tube", **options).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -50,8 +50,14 @@ class EmbeddingWriter(BasePredictionWriter):
         self._keys: list[str] = []
 
     def write_on_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any,
-        batch: Any, batch_idx: int, dataloader_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         if not isinstance(prediction, dict):
             raise TypeError(f"predict_step must return a dict of tensors and 'key', got {type(prediction).__name__}")

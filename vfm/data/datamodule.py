@@ -166,8 +166,18 @@ class VideoTextDataModule(L.LightningDataModule):
             )
         offsets = _offsets(urls)
         return TrainStream(
-            urls, self._processor(train=True), batch_size, num_batches, offsets, rank, world_size,
-            h.seed + seed_offset, h.resampled, h.shuffle_buffer, self._start_epoch, self._resume_token,
+            urls,
+            self._processor(train=True),
+            batch_size,
+            num_batches,
+            offsets,
+            rank,
+            world_size,
+            h.seed + seed_offset,
+            h.resampled,
+            h.shuffle_buffer,
+            self._start_epoch,
+            self._resume_token,
         )
 
     def eval_dataset(self, spec: ShardSpec, views: tuple[int, int] = (1, 1)) -> EvalStream:
@@ -176,8 +186,14 @@ class VideoTextDataModule(L.LightningDataModule):
         counts = [count_samples(url) for url in urls]
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
         return EvalStream(
-            urls, counts, self._processor(train=False, views=views), batch_size, rank, world_size,
-            self.hparams.num_workers, self.hparams.seed,
+            urls,
+            counts,
+            self._processor(train=False, views=views),
+            batch_size,
+            rank,
+            world_size,
+            self.hparams.num_workers,
+            self.hparams.seed,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -136,8 +136,12 @@ class SampleProcessor:
             def choose(info):
                 # several clips: one sampling of clips x T frames, interleaved (see eval_views)
                 return sample_indices(
-                    info.num_frames, settings.num_frames * settings.clips, settings.sampling,
-                    rng if settings.train else None, info.fps, settings.target_fps,
+                    info.num_frames,
+                    settings.num_frames * settings.clips,
+                    settings.sampling,
+                    rng if settings.train else None,
+                    info.fps,
+                    settings.target_fps,
                 )
 
             try:
@@ -185,6 +189,3 @@ def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-

@@ -36,8 +36,9 @@ class AlignmentHeads(nn.Module):
     def __len__(self) -> int:
         return len(self.heads)
 
-    def forward(self, student: VideoViT, layers: list[torch.Tensor], video: torch.Tensor,
-                keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, student: VideoViT, layers: list[torch.Tensor], video: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
         """Student outputs of the last K blocks [B, P + N_keep, D] -> head outputs [K, B, N_keep, C]."""
         if len(layers) != len(self.heads):
             raise ValueError(f"{len(layers)} student layers for {len(self.heads)} alignment heads")

@@ -37,9 +37,7 @@ class FusionLayer(nn.Module):
             )
         )
 
-    def forward(
-        self, text: torch.Tensor, video: torch.Tensor, text_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, video: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         key_mask = text_mask[:, None, None, :].bool() if text_mask is not None else None
         text = text + self.self_attn(self.ln_1(text), attn_mask=key_mask)
         text = text + self.cross_attn(self.ln_cross(text), video)

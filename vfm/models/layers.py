@@ -76,9 +76,7 @@ class Attention(nn.Module):
 def _mlp(dim: int, mlp_ratio: float, act_layer: type[nn.Module]) -> nn.Sequential:
     hidden = int(dim * mlp_ratio)
     return nn.Sequential(
-        OrderedDict(
-            [("c_fc", nn.Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, dim))]
-        )
+        OrderedDict([("c_fc", nn.Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, dim))])
     )
 
 
@@ -166,9 +164,7 @@ class CrossAttention(nn.Module):
         self.kv_proj = nn.Linear(context_dim or dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`context_mask`: bool [B, Lc], True where a context token may be attended to."""
         batch, length, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads

@@ -115,9 +115,7 @@ def load_weights(
             _preview(report.unexpected),
         )
     if strict and (report.missing or report.unexpected):
-        raise RuntimeError(
-            f"strict load of {name} failed: missing {report.missing}, unexpected {report.unexpected}"
-        )
+        raise RuntimeError(f"strict load of {name} failed: missing {report.missing}, unexpected {report.unexpected}")
     logger.info("loaded %d tensors from %s into %s", len(report.loaded), name, type(model).__name__)
     return report
 
@@ -152,14 +150,10 @@ def warn_random_init(model_name: str) -> None:
 def video_vit_kwargs_from_open_clip(visual: nn.Module) -> dict:
     """`VideoViT` constructor arguments that reproduce an open_clip ViT image tower."""
     if not isinstance(visual, VisionTransformer):
-        raise ValueError(
-            f"only open_clip ViT image towers can become video towers, got {type(visual).__name__}"
-        )
+        raise ValueError(f"only open_clip ViT image towers can become video towers, got {type(visual).__name__}")
     blocks = visual.transformer.resblocks
     if visual.attn_pool is not None or not isinstance(blocks[0], ResidualAttentionBlock):
-        raise ValueError(
-            "attentional pooling and custom blocks (qk_norm, scaled cosine, ...) are not supported"
-        )
+        raise ValueError("attentional pooling and custom blocks (qk_norm, scaled cosine, ...) are not supported")
     activation = blocks[0].mlp.gelu
     quick_gelu = isinstance(activation, OpenClipQuickGELU)
     if not quick_gelu and not (isinstance(activation, nn.GELU) and activation.approximate == "none"):
@@ -176,9 +170,7 @@ def video_vit_kwargs_from_open_clip(visual: nn.Module) -> dict:
         "heads": blocks[0].attn.num_heads,
         "mlp_ratio": blocks[0].mlp.c_fc.out_features / width,
         "output_dim": visual.proj.shape[1] if visual.proj is not None else None,
-        "ls_init_value": float(layer_scale.gamma[0].detach())
-        if isinstance(layer_scale, OpenClipLayerScale)
-        else None,
+        "ls_init_value": float(layer_scale.gamma[0].detach()) if isinstance(layer_scale, OpenClipLayerScale) else None,
         "quick_gelu": quick_gelu,
         "norm_eps": visual.ln_post.eps,
         "ln_pre": not isinstance(visual.ln_pre, nn.Identity),

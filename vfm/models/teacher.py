@@ -117,8 +117,9 @@ class FrozenTeacher(nn.Module):
         """Aligned-to features [K, B, N_keep, C] of the kept tokens: ln_post, proj, L2 normalisation."""
         model = self.model
         kept = torch.stack([gather_tokens(layer, keep) for layer in layers]).float()
-        kept = F.layer_norm(kept, kept.shape[-1:], model.ln_post.weight.float(), model.ln_post.bias.float(),
-                            model.ln_post.eps)
+        kept = F.layer_norm(
+            kept, kept.shape[-1:], model.ln_post.weight.float(), model.ln_post.bias.float(), model.ln_post.eps
+        )
         if model.proj is not None:
             kept = kept @ model.proj.float()
         return F.normalize(kept, dim=-1)

@@ -184,16 +184,12 @@ def mask_text_tokens(
         maskable = ~torch.isin(text, torch.tensor(special_ids, device=text.device))
     else:
         # padding is where text_mask is False, so a real "!" (id 0) inside the caption stays maskable
-        others = torch.tensor(
-            [i for i in special_ids if i != PAD_TOKEN_ID], device=text.device, dtype=text.dtype
-        )
+        others = torch.tensor([i for i in special_ids if i != PAD_TOKEN_ID], device=text.device, dtype=text.dtype)
         maskable = text_mask.bool() & ~torch.isin(text, others)
     device = generator.device if generator is not None else text.device
     select_draw = torch.rand(text.shape, generator=generator, device=device).to(text.device)
     action_draw = torch.rand(text.shape, generator=generator, device=device).to(text.device)
-    random_ids = torch.randint(
-        1, min(SOT_TOKEN_ID, vocab_size), text.shape, generator=generator, device=device
-    )
+    random_ids = torch.randint(1, min(SOT_TOKEN_ID, vocab_size), text.shape, generator=generator, device=device)
     selected = maskable & (select_draw < mask_prob)
     labels = torch.where(selected, text, torch.full_like(text, IGNORE_INDEX))
     masked = torch.where(selected & (action_draw < 0.8), torch.full_like(text, mask_token_id), text)

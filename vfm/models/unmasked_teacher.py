@@ -50,8 +50,9 @@ class TeacherAlignment(nn.Module):
             keep = sample_keep_indices(mode, batch, frames, patches, mask_ratio, device=video.device)
         return Distillation(keep, self.teacher.targets(output.layers, keep))
 
-    def loss(self, student: VideoViT, layers: list[torch.Tensor], video: torch.Tensor,
-             distill: Distillation) -> torch.Tensor:
+    def loss(
+        self, student: VideoViT, layers: list[torch.Tensor], video: torch.Tensor, distill: Distillation
+    ) -> torch.Tensor:
         """2 - 2 cos between the heads' outputs on the student's last K layers and the teacher's targets."""
         return alignment_loss(self.heads(student, layers, video, distill.keep), distill.targets)
 

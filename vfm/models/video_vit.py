@@ -116,8 +116,7 @@ class VideoViT(nn.Module):
         act_layer = QuickGELU if quick_gelu else nn.GELU
         factorized = attention == "factorized"
         blocks = [
-            Block(width, heads, mlp_ratio, ls_init_value, act_layer, norm_eps, rate, factorized)
-            for rate in rates
+            Block(width, heads, mlp_ratio, ls_init_value, act_layer, norm_eps, rate, factorized) for rate in rates
         ]
         self.transformer = Transformer(blocks)
         self.ln_post = nn.LayerNorm(width, eps=norm_eps)
@@ -155,9 +154,7 @@ class VideoViT(nn.Module):
         prefix = self.num_prefix_tokens
         return pos[:prefix].to(ref), pos[prefix:].to(ref), temporal.to(ref)
 
-    def embed(
-        self, video: torch.Tensor, keep: torch.Tensor | None = None, sample: bool = True
-    ) -> torch.Tensor:
+    def embed(self, video: torch.Tensor, keep: torch.Tensor | None = None, sample: bool = True) -> torch.Tensor:
         """Tokens entering the first block: [B, P + N_keep, D] (P = 1 with a CLS token).
 
         With `sample`, a training-mode model with `drop_ratio` > 0 draws `keep` itself when none is given.
@@ -269,9 +266,7 @@ class VideoViT(nn.Module):
         Returns (final tokens, intermediates), or the intermediates only.
         """
         take = _take_indices(len(self.blocks), indices)
-        x, intermediates = self._blocks(
-            self.embed(video, keep), video.shape[1], take, stop_early, self._patches(video)
-        )
+        x, intermediates = self._blocks(self.embed(video, keep), video.shape[1], take, stop_early, self._patches(video))
         if norm:
             intermediates = [self.ln_post(t) for t in intermediates]
         return intermediates if intermediates_only else (x, intermediates)

@@ -53,8 +53,10 @@ def init_towers_from(path: str | Path, towers: dict[str, nn.Module]) -> dict[str
 
 
 def is_lightning_checkpoint(checkpoint: object) -> bool:
-    return isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict) and (
-        "pytorch-lightning_version" in checkpoint or "hyper_parameters" in checkpoint
+    return (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+        and ("pytorch-lightning_version" in checkpoint or "hyper_parameters" in checkpoint)
     )
 
 

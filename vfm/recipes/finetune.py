@@ -115,8 +115,13 @@ class VideoClassification(L.LightningModule):
         self.val_loss = MeanMetric()
         self.mixup = None
         if h.mixup_alpha > 0 or h.cutmix_alpha > 0:
-            self.mixup = Mixup(h.mixup_alpha, h.cutmix_alpha, prob=h.mix_prob, label_smoothing=h.label_smoothing,
-                               num_classes=num_classes)
+            self.mixup = Mixup(
+                h.mixup_alpha,
+                h.cutmix_alpha,
+                prob=h.mix_prob,
+                label_smoothing=h.label_smoothing,
+                num_classes=num_classes,
+            )
 
     def setup(self, stage: str) -> None:
         if self.head is None:

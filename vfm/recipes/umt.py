@@ -75,8 +75,9 @@ class UnmaskedTeacher(L.LightningModule):
         self.video.set_grad_checkpointing(grad_checkpointing)
         self.align: TeacherAlignment | None = None
         if teacher is not None:  # without one the config still parses; `setup` then stops the run
-            frozen = build_teacher(teacher, teacher_model, teacher_attention, align_layers, teacher_autocast,
-                                   config["num_frames"])
+            frozen = build_teacher(
+                teacher, teacher_model, teacher_attention, align_layers, teacher_autocast, config["num_frames"]
+            )
             self.align = TeacherAlignment(frozen, self.video.width, self.video.ln_post.eps)
             self.align.check_student(self.video, config["image_size"])
 

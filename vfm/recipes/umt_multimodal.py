@@ -31,8 +31,13 @@ from vfm.recipes.umt_teacher import build_teacher, check_teacher, record_teacher
 
 log = logging.getLogger(__name__)
 # BERT-base, random: used when no local BERT folder is given (tests and demo pass a tiny config instead)
-BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072}
+BERT_BASE = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
 
 
 class UnmaskedTeacherMultimodal(VideoTextRecipe):
@@ -112,8 +117,14 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         self.vtc = VideoTextContrastiveLoss(1 / temperature_init, max_scale=1 / low, min_scale=1 / high)
         self.align: TeacherAlignment | None = None
         if teacher is not None and uta_weight > 0:
-            frozen = build_teacher(teacher, teacher_model, teacher_attention, align_layers, teacher_autocast,
-                                   self.video_config["num_frames"])
+            frozen = build_teacher(
+                teacher,
+                teacher_model,
+                teacher_attention,
+                align_layers,
+                teacher_autocast,
+                self.video_config["num_frames"],
+            )
             self.align = TeacherAlignment(frozen, width, self.video.ln_post.eps)
             self.align.check_student(self.video, self.video_config["image_size"])
         self.special_ids = {"pad": 0, "cls": 101, "sep": 102, "mask": 103}  # BERT's; `use_tokenizer` updates
@@ -124,8 +135,12 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         """Take the special token ids of the HF tokenizer the batches are made with."""
         if len(tokenizer) > self.text.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the BERT vocabulary {self.text.vocab_size}")
-        ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id,
-               "mask": tokenizer.mask_token_id}
+        ids = {
+            "pad": tokenizer.pad_token_id,
+            "cls": tokenizer.cls_token_id,
+            "sep": tokenizer.sep_token_id,
+            "mask": tokenizer.mask_token_id,
+        }
         if any(value is None for value in ids.values()):
             raise ValueError(f"the tokenizer lacks BERT special tokens: {ids}")
         self.special_ids = ids
@@ -228,8 +243,12 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
     def mlm_loss(self, text: torch.Tensor, text_mask: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
         ids = self.special_ids
         masked, labels = mask_text_tokens(
-            text, text_mask, self.hparams.text_mask_prob, mask_token_id=ids["mask"],
-            vocab_size=self.text.vocab_size, special_ids=(ids["pad"], ids["cls"], ids["sep"]),
+            text,
+            text_mask,
+            self.hparams.text_mask_prob,
+            mask_token_id=ids["mask"],
+            vocab_size=self.text.vocab_size,
+            special_ids=(ids["pad"], ids["cls"], ids["sep"]),
         )
         fused = self.text.fuse(self.text.encode(masked, text_mask), text_mask, video_tokens)
         return masked_lm_loss(self.text.mlm_logits(fused, labels), labels)
@@ -242,14 +261,18 @@ class UnmaskedTeacherMultimodal(VideoTextRecipe):
         temporal = self.hparams.temporal_eval and video.shape[1] > 1
         reverse = batch.get("reverse_text")
         self.evaluator.add(
-            batch["caption"], video=video_embedding, text=text_embedding,
-            reverse_text=self.encode_text(reverse, batch["reverse_text_mask"]) if temporal and reverse is not None
+            batch["caption"],
+            video=video_embedding,
+            text=text_embedding,
+            reverse_text=self.encode_text(reverse, batch["reverse_text_mask"])
+            if temporal and reverse is not None
             else None,
             reversed_video=self.encode_video(video.flip(1)) if temporal else None,
         )
         if self.hparams.rerank_k > 0:
-            self.rerank_store.add(batch["caption"], video_embedding, text_embedding, tokens, features,
-                                  batch["text_mask"])
+            self.rerank_store.add(
+                batch["caption"], video_embedding, text_embedding, tokens, features, batch["text_mask"]
+            )
 
     def _log_eval(self, stage: str) -> None:
         metrics = self.evaluator.compute()

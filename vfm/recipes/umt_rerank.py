@@ -33,9 +33,13 @@ class RerankStore:
 
     def add(self, captions: list[str], video_embedding, text_embedding, video_tokens, text_features, text_mask):
         self.captions.extend(captions)
-        for name, value in (("video", F.normalize(video_embedding.float(), dim=-1)),
-                            ("text", F.normalize(text_embedding.float(), dim=-1)),
-                            ("tokens", video_tokens), ("features", text_features), ("mask", text_mask)):
+        for name, value in (
+            ("video", F.normalize(video_embedding.float(), dim=-1)),
+            ("text", F.normalize(text_embedding.float(), dim=-1)),
+            ("tokens", video_tokens),
+            ("features", text_features),
+            ("mask", text_mask),
+        ):
             self.tensors[name].append(value.detach())
 
     @torch.no_grad()
@@ -56,5 +60,4 @@ class RerankStore:
         v2t = rerank_top_k(similarity.T, k, lambda video, text: matched(text, video))
         metrics = {k_: v for k_, v in retrieval_metrics(t2v, positives).items() if k_.startswith("t2v")}
         metrics |= {k_: v for k_, v in retrieval_metrics(v2t.T, positives).items() if k_.startswith("v2t")}
-        return {f"{key}_reranked": value for key, value in metrics.items()
-                if key.split("_", 1)[1] in RERANKED_KEYS}
+        return {f"{key}_reranked": value for key, value in metrics.items() if key.split("_", 1)[1] in RERANKED_KEYS}
