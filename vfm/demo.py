@@ -18,6 +18,9 @@ from rich.table import Table
 from vfm.cli import main as cli
 
 SUMMARY = Path("outputs/demo/summary.json")
+# every entry is tested on the held-out shards right after its fit: validating the same shards during the fit
+# would only repeat that work (``python -m vfm.demo --trainer.limit_val_batches=1.0`` brings it back)
+NO_VALIDATION = ["--trainer.limit_val_batches=0"]
 CONFIGS = Path("configs")
 UMT_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "chance_r1", "t2v_r1_reranked", "v2t_r1_reranked")
 LONG_VIDEO_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "temporal_text_acc", "temporal_video_acc", "chance_r1")
@@ -67,7 +70,7 @@ def run_entry(name: str, extra: list[str], variant: str | None = None) -> dict:
     root = f"outputs/demo/{name}" + (f"/{variant}" if variant else "")
     configs = ["--config", str(CONFIGS / recipe), "--config", str(CONFIGS / "demo" / recipe)]
     start = time.perf_counter()
-    fit = cli(["fit", *configs, f"--trainer.default_root_dir={root}", *extra])
+    fit = cli(["fit", *configs, f"--trainer.default_root_dir={root}", *NO_VALIDATION, *extra])
     seconds = time.perf_counter() - start
     checkpoint = fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path
     test = cli(["test", *configs, f"--trainer.default_root_dir={root}", f"--ckpt_path={checkpoint}", *extra])
@@ -108,7 +111,7 @@ def run_probe(name: str, prefix: str, checkpoint: str, extra: list[str]) -> dict
     """A linear probe of an entry's encoder: ``{prefix}_top1`` and ``{prefix}_chance_top1``."""
     configs = ["--config", str(CONFIGS / "linear_probe.yaml"), "--config", str(CONFIGS / "demo" / "linear_probe.yaml")]
     args = [*configs, f"--trainer.default_root_dir=outputs/demo/{name}/{prefix}", f"--model.init_from={checkpoint}"]
-    fit = cli(["fit", *args, *extra])
+    fit = cli(["fit", *args, *NO_VALIDATION, *extra])
     tested = cli(["test", *args, f"--ckpt_path={fit.trainer.checkpoint_callback.last_model_path}", *extra])
     metrics = tested.trainer.callback_metrics
     return {f"{prefix}_{key}": round(float(metrics[f"test/{key}"]), 4) for key in ("top1", "chance_top1")}
