@@ -46,3 +46,10 @@ def test_an_entry_without_its_source_checkpoint_stops_with_the_command_to_run(fa
     with pytest.raises(SystemExit, match="--only post_pretrain finetune_classification"):
         demo.main(["--only", "finetune_classification"])
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_table_lists_every_entry_and_the_total_minutes(capsys):
+    demo.print_table({"a": {"t2v_r1": 0.0703, "seconds": 60.0}, "b": {"top1": 0.5, "seconds": 120.0}})
+    out = capsys.readouterr().out
+    assert "t2v_r1 0.0703" in out and "top1 0.5000" in out
+    assert "3.0" in out.splitlines()[-2]  # the "all" row: 180 s

@@ -137,14 +137,25 @@ def write_summary(summary: dict) -> None:
     os.replace(tmp, SUMMARY)
 
 
+# the figures the printed table shows, in this order (summary.json keeps every key)
+TABLE_KEYS = (
+    "t2v_r1", "v2t_r1", "t2v_r1_reranked", "temporal_acc", "chance_r1", "top1", "linear_probe_top1",
+    "probe_top1", "probe_shape_top1", "chance_top1", "alignment",
+)  # fmt: skip
+
+
 def print_table(summary: dict) -> None:
-    keys = sorted({k for entry in summary.values() for k in entry if k != "checkpoint"})
-    table = Table(title="vfm demo: held-out synthetic clips")
-    table.add_column("recipe")
-    for key in keys:
-        table.add_column(key, justify="right")
+    """One row per entry: its headline figures in one wrapped cell, so the table fits a terminal."""
+    table = Table(title="vfm demo: held-out synthetic clips", show_lines=True)
+    table.add_column("entry", no_wrap=True)
+    table.add_column("figures")
+    table.add_column("min", justify="right", no_wrap=True)
     for name, entry in summary.items():
-        table.add_row(name, *(f"{entry[k]:.3f}" if isinstance(entry.get(k), float) else "-" for k in keys))
+        figures = "  ".join(f"{key} {entry[key]:.4f}" for key in TABLE_KEYS if isinstance(entry.get(key), float))
+        minutes = f"{entry['seconds'] / 60:.1f}" if "seconds" in entry else "-"
+        table.add_row(name, figures, minutes)
+    if summary and all("seconds" in entry for entry in summary.values()):
+        table.add_row("all", "", f"{sum(entry['seconds'] for entry in summary.values()) / 60:.1f}")
     Console().print(table)
 
 
