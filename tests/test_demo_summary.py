@@ -1,8 +1,11 @@
 """`vfm.demo` bookkeeping: entries chain through the summary, each records its wall time, nothing is lost."""
 
+import io
+import itertools
 import json
 
 import pytest
+from rich.console import Console
 
 from vfm import demo
 
@@ -23,6 +26,8 @@ def fake_runs(tmp_path, monkeypatch):
     def run_probe(name, prefix, checkpoint, extra):
         return {f"{prefix}_top1": 0.4, f"{prefix}_chance_top1": 0.1}
 
+    clock = itertools.count()  # every perf_counter() call one second later: each entry lasts 1 s
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(clock)))
     monkeypatch.setattr(demo, "run_entry", run_entry)
     monkeypatch.setattr(demo, "run_probe", run_probe)
     return calls
@@ -39,7 +44,7 @@ def test_entries_start_from_the_checkpoints_named_in_the_summary(fake_runs, tmp_
     umt_args = [arg for name, _, extra in fake_runs if name == "umt" for arg in extra]
     assert f"--model.teacher={tmp_path / 'post_pretrain.ckpt'}" in umt_args
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert all(saved[name]["seconds"] >= 0 for name in ("post_pretrain", "finetune_classification", "umt"))
+    assert [saved[name]["seconds"] for name in ("post_pretrain", "finetune_classification", "umt")] == [1.0] * 3
 
 
 def test_an_entry_without_its_source_checkpoint_stops_with_the_command_to_run(fake_runs, tmp_path):
@@ -48,8 +53,29 @@ def test_an_entry_without_its_source_checkpoint_stops_with_the_command_to_run(fa
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_table_lists_every_entry_and_the_total_minutes(capsys):
-    demo.print_table({"a": {"t2v_r1": 0.0703, "seconds": 60.0}, "b": {"top1": 0.5, "seconds": 120.0}})
-    out = capsys.readouterr().out
+def test_table_lists_every_entry_and_the_total_minutes():
+    console = Console(width=100, record=True, file=io.StringIO())
+    demo.print_table({"a": {"t2v_r1": 0.0703, "seconds": 60.0}, "b": {"top1": 0.5, "seconds": 120.0}}, console)
+    out = console.export_text()
     assert "t2v_r1 0.0703" in out and "top1 0.5000" in out
-    assert "3.0" in out.splitlines()[-2]  # the "all" row: 180 s
+    total = next(line for line in out.splitlines() if "all entries" in line)
+    assert total.rstrip(" │").endswith("3.0")  # 60 s + 120 s
+
+
+def test_fits_skip_validation_and_user_arguments_come_last(monkeypatch):
+    calls = []
+
+    class Run:
+        def __init__(self, argv):
+            callback = type("Checkpoint", (), {"last_model_path": "last.ckpt", "best_model_path": ""})
+            self.trainer = type(
+                "Trainer", (), {"checkpoint_callback": callback, "callback_metrics": {"test/top1": 0.5}}
+            )
+
+    monkeypatch.setattr(demo, "cli", lambda argv: calls.append(argv) or Run(argv))
+    entry = demo.run_entry("finetune_classification", ["--trainer.limit_val_batches=1.0"])
+    fit, test = calls
+    assert fit[0] == "fit" and test[0] == "test" and "--ckpt_path=last.ckpt" in test
+    assert fit.index("--trainer.limit_val_batches=0") < fit.index("--trainer.limit_val_batches=1.0")
+    assert "--trainer.limit_val_batches=0" not in test
+    assert entry["top1"] == 0.5 and entry["checkpoint"] == "last.ckpt"

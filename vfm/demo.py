@@ -20,7 +20,8 @@ from vfm.cli import main as cli
 SUMMARY = Path("outputs/demo/summary.json")
 # every entry is tested on the held-out shards right after its fit: validating the same shards during the fit
 # would only repeat that work (``python -m vfm.demo --trainer.limit_val_batches=1.0`` brings it back)
-NO_VALIDATION = ["--trainer.limit_val_batches=0"]
+# (``last.ckpt`` is then written at the end of each training epoch rather than after a validation)
+NO_VALIDATION = ["--trainer.limit_val_batches=0", "--checkpoint.save_on_train_epoch_end=true"]
 CONFIGS = Path("configs")
 UMT_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "chance_r1", "t2v_r1_reranked", "v2t_r1_reranked")
 LONG_VIDEO_KEYS = ("t2v_r1", "v2t_r1", "temporal_acc", "temporal_text_acc", "temporal_video_acc", "chance_r1")
@@ -144,8 +145,9 @@ TABLE_KEYS = (
 )  # fmt: skip
 
 
-def print_table(summary: dict) -> None:
-    """One row per entry: its headline figures in one wrapped cell, so the table fits a terminal."""
+def print_table(summary: dict, console: Console | None = None) -> None:
+    """One row per entry: its headline figures in one wrapped cell, so the table fits a terminal; the last
+    row adds up the minutes of every entry in the summary (also those kept from earlier runs)."""
     table = Table(title="vfm demo: held-out synthetic clips", show_lines=True)
     table.add_column("entry", no_wrap=True)
     table.add_column("figures")
@@ -155,8 +157,8 @@ def print_table(summary: dict) -> None:
         minutes = f"{entry['seconds'] / 60:.1f}" if "seconds" in entry else "-"
         table.add_row(name, figures, minutes)
     if summary and all("seconds" in entry for entry in summary.values()):
-        table.add_row("all", "", f"{sum(entry['seconds'] for entry in summary.values()) / 60:.1f}")
-    Console().print(table)
+        table.add_row("all entries", "", f"{sum(entry['seconds'] for entry in summary.values()) / 60:.1f}")
+    (console or Console()).print(table)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         for variant in VARIANTS.get(name, {}):  # e.g. the linear probe beside the fine-tune, from the same init
             result = run_entry(name, [*entry_args(name, summary), *extra], variant)
             summary[name] |= {f"{variant}_{key}": value for key, value in result.items() if key != "checkpoint"}
-        summary[name]["seconds"] = round(time.perf_counter() - start, 1)  # everything: fit, tests, probes
+        summary[name]["seconds"] = round(time.perf_counter() - start, 1)  # all of it: inputs, fit, tests, probes
         total += summary[name]["seconds"]
         write_summary(summary)  # after each entry, so a later failure loses nothing
     print_table(summary)

@@ -20,6 +20,8 @@ BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 
 def time_attention(backend: str, shape: tuple[int, int, int, int], dtype: torch.dtype, repeats: int = 3) -> dict:
     """Median seconds of forward alone and of forward + backward, and the gradients (for comparison)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(shape, generator=generator).to(dtype).requires_grad_() for _ in range(3))
     grad = torch.randn(shape, generator=generator).to(dtype)
@@ -45,7 +47,7 @@ def run(
     results = {name: time_attention(name, shape, torch_dtype, repeats) for name in BACKENDS}
     report = {"shape": list(shape), "dtype": dtype, "threads": torch.get_num_threads()}
     for name, result in results.items():
-        report[name] = {key: round(value, 4) for key, value in result.items() if key != "grads"}
+        report[name] = {key: float(f"{value:.4g}") for key, value in result.items() if key != "grads"}
         report[name]["backward_over_forward"] = round(
             (result["forward_backward_s"] - result["forward_s"]) / result["forward_s"], 2
         )
