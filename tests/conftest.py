@@ -37,6 +37,21 @@ def write_shards(directory: Path, samples: list[dict], per_shard: int, prefix: s
     return names
 
 
+def tiny_run_args(samples_per_epoch: int = 16, context_length: int | None = 32, root: Path | None = None) -> list[str]:
+    """Command-line data and trainer arguments of a tiny CPU run: 4 frames of 32 px, batch 4, no data workers,
+    fp32, no progress bar (and ``--data.context_length`` / ``--trainer.default_root_dir`` when given)."""
+    args = [
+        "--data.num_frames=4", "--data.image_size=32", "--data.batch_size=4", "--data.num_workers=0",
+        f"--data.samples_per_epoch={samples_per_epoch}", "--trainer.precision=32-true",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    if context_length is not None:
+        args.append(f"--data.context_length={context_length}")
+    if root is not None:
+        args.append(f"--trainer.default_root_dir={root}")
+    return args
+
+
 def clip_sample(index: int, num_frames: int = 12, caption: str | None = None, **meta) -> dict:
     frames = numbered_frames(num_frames, seed=index)
     meta = {"caption": caption if caption is not None else f"clip number {index}", **meta}

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import clip_sample, write_shards
+from conftest import clip_sample, tiny_run_args, write_shards
 
 from vfm.fault_tolerance import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard
 from vfm.recipes.optim import warmup_cosine
@@ -141,10 +141,7 @@ def cli_command(shards: Path, root: Path, *extra: str, delay: float = 0.3) -> li
         "--model.model", "vit-tiny-test", "--model.num_frames", "4", "--model.fusion_heads", "4",
         "--model.lr", str(LR), "--model.warmup", str(WARMUP),
         "--data.train_shards", str(shards / "train-*.tar"), "--data.val_shards", "null",
-        "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-        "--data.samples_per_epoch", "16", "--data.context_length", "32",
-        "--trainer.precision", "32-true", f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar", "false",
+        *tiny_run_args(root=root),
         "--trainer.max_steps", str(MAX_STEPS), "--trainer.log_every_n_steps", "1",
         "--checkpoint.every_n_train_steps", "1", "--throughput.peak_flops", "1e11", *extra,
     ]  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import clip_sample, write_shards
+from conftest import clip_sample, tiny_run_args, write_shards
 from safetensors.torch import load_file
 
 import vfm
@@ -19,24 +19,7 @@ from vfm.recipes.layer_decay import layer_decay_groups, vit_layer_id
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MOTIONS = ["left", "right", "up"]
-TINY_DATA = [
-    "--data.num_frames",
-    "4",
-    "--data.image_size",
-    "32",
-    "--data.batch_size",
-    "4",
-    "--data.num_workers",
-    "0",
-    "--data.samples_per_epoch",
-    "8",
-    "--data.context_length",
-    "32",
-    "--trainer.precision",
-    "32-true",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+TINY_DATA = tiny_run_args(samples_per_epoch=8)
 # recipe -> its config and the tiny-model arguments of a 2-step fit; a recipe joins the init_from and export
 # tests by adding its entry here (all recipes key their video tower as `video.`)
 RECIPES = {

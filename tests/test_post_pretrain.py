@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import clip_sample, write_shards
+from conftest import clip_sample, tiny_run_args, write_shards
 
 from vfm.cli import main
 from vfm.recipes.post_pretrain import PostPretrain
@@ -130,23 +130,7 @@ def test_fit_then_test_through_the_cli(recipe_shards, tmp_path):
         str(recipe_shards / "train-*.tar"),
         "--data.val_shards",
         str(recipe_shards / "val-*.tar"),
-        "--data.num_frames",
-        "4",
-        "--data.image_size",
-        "32",
-        "--data.batch_size",
-        "4",
-        "--data.num_workers",
-        "0",
-        "--data.samples_per_epoch",
-        "16",
-        "--data.context_length",
-        "32",
-        "--trainer.precision",
-        "32-true",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar",
-        "false",
+        *tiny_run_args(root=tmp_path),
     ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     checkpoint = fit.trainer.checkpoint_callback.last_model_path

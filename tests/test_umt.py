@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import clip_sample, random_clip_file, write_shards
+from conftest import clip_sample, random_clip_file, tiny_run_args, write_shards
 
 from vfm.cli import main
 from vfm.losses.alignment import alignment_loss
@@ -190,21 +190,7 @@ def cli_args(shards: Path, teacher: Path, root: Path) -> list[str]:
         str(shards / "train-*.tar"),
         "--data.val_shards",
         str(shards / "val-*.tar"),
-        "--data.num_frames",
-        "4",
-        "--data.image_size",
-        "32",
-        "--data.batch_size",
-        "4",
-        "--data.num_workers",
-        "0",
-        "--data.samples_per_epoch",
-        "16",
-        "--trainer.precision",
-        "32-true",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar",
-        "false",
+        *tiny_run_args(context_length=None, root=root),
     ]
 
 

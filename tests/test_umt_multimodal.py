@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import clip_sample, write_shards
+from conftest import clip_sample, tiny_run_args, write_shards
 
 from data_prep.wordpiece import train_wordpiece
 from vfm.cli import main
@@ -246,23 +246,7 @@ def test_fit_then_test_reports_reranked_retrieval(multimodal_shards, tokenizer_d
         str(multimodal_shards / "val-*.tar"),
         "--data.tokenizer",
         str(tokenizer_dir),
-        "--data.num_frames",
-        "4",
-        "--data.image_size",
-        "32",
-        "--data.batch_size",
-        "4",
-        "--data.num_workers",
-        "0",
-        "--data.samples_per_epoch",
-        "16",
-        "--data.context_length",
-        "16",
-        "--trainer.precision",
-        "32-true",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar",
-        "false",
+        *tiny_run_args(context_length=16, root=tmp_path),
     ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     checkpoint = fit.trainer.checkpoint_callback.last_model_path
