@@ -36,7 +36,7 @@ def time_attention(backend: str, shape: tuple[int, int, int, int], dtype: torch.
             out.backward(grad)
             forward.append(middle - start)
             both.append(time.perf_counter() - start)
-    median = lambda values: sorted(values[1:])[len(values[1:]) // 2]  # noqa: E731
+    median = lambda values: sorted(values[1:])[len(values[1:]) // 2]
     return {"forward_s": median(forward), "forward_backward_s": median(both), "grads": [q.grad, k.grad, v.grad]}
 
 

@@ -30,15 +30,12 @@ def build_adamw(
     weight_decay: float,
     betas: tuple[float, float],
     eps: float = 1e-6,
-    fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """``fused=None``: torch's fused kernel wherever every parameter is on the CPU or a CUDA device. On the CPU
-    torch's default is the per-tensor loop; the fused kernel takes a ViT-B step about 5x faster
-    (docs/BENCHMARKS.md, UMT stage 1) with the same update (tests/test_umt.py)."""
+    """torch's fused kernel wherever every parameter is on the CPU or a CUDA device. On the CPU torch's default
+    is the per-tensor loop; the fused kernel takes a ViT-B step about 5x faster (docs/BENCHMARKS.md, UMT
+    stage 1) with the same update (tests/test_umt.py)."""
     groups = parameter_groups(model, weight_decay)
-    if fused is None:
-        fused = fused_supported(groups)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused_supported(groups))
 
 
 def fused_supported(groups: list[dict]) -> bool:
