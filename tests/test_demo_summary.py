@@ -17,13 +17,14 @@ def fake_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "prepare", lambda name: None)
     calls = []
 
-    def run_entry(name, extra, variant=None):
-        calls.append((name, variant, extra))
+    def run_entry(name, extra):
+        calls.append((name, "fit", extra))
         checkpoint = tmp_path / f"{name}.ckpt"
         checkpoint.write_text("weights")
         return {"top1": 0.5, "train_seconds": 1.0, "checkpoint": str(checkpoint)}
 
-    def run_probe(name, prefix, checkpoint, extra):
+    def run_probe(prefix, checkpoint, extra):
+        calls.append((prefix, "probe", [f"--model.init_from={checkpoint}", *extra]))
         return {f"{prefix}_top1": 0.4, f"{prefix}_chance_top1": 0.1}
 
     clock = itertools.count()  # every perf_counter() call one second later: each entry lasts 1 s
@@ -35,10 +36,12 @@ def fake_runs(tmp_path, monkeypatch):
 
 def test_entries_start_from_the_checkpoints_named_in_the_summary(fake_runs, tmp_path):
     summary = demo.main(["--only", "post_pretrain", "finetune_classification", "umt"])
-    finetune = [extra for name, variant, extra in fake_runs if name == "finetune_classification"]
+    finetune = [extra for name, _, extra in fake_runs if name in ("finetune_classification", "linear_probe")]
+    assert len(finetune) == 2  # the fine-tune and the linear probe of the encoder it starts from
     assert all(f"--model.init_from={tmp_path / 'post_pretrain.ckpt'}" in extra for extra in finetune)
-    assert len(finetune) == 2  # the fine-tune and its linear-probe variant
-    assert summary["finetune_classification"]["linear_probe_top1"] == 0.5
+    assert summary["finetune_classification"]["linear_probe_top1"] == 0.4
+    probes = {name: extra for name, kind, extra in fake_runs if kind == "probe"}
+    assert f"--model.init_from={tmp_path / 'umt.ckpt'}" in probes["probe_shape"]  # the UMT probes read its own
     # the UMT entry reports its probe's chance level as chance_top1 beside probe_top1
     assert summary["umt"]["probe_top1"] == 0.4 and summary["umt"]["chance_top1"] == 0.1
     umt_args = [arg for name, _, extra in fake_runs if name == "umt" for arg in extra]

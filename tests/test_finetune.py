@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import vfm
 from vfm.cli import main
 from vfm.data.transforms import eval_views
+from vfm.eval import linear_probe
 from vfm.export import export
 from vfm.recipes.checkpoints import read_checkpoint
 from vfm.recipes.finetune import VideoClassification
@@ -179,3 +180,20 @@ def test_eval_views_interleave_clips_and_spread_crops():
     assert views.shape == (6, 3, 3, 32, 32)
     assert views[0, :, 0, 0, 0].tolist() == [0, 2, 4] and views[3, :, 0, 0, 0].tolist() == [1, 3, 5]
     assert views[0].max() < 200 and views[2].max() == 200
+
+
+def test_cached_linear_probe_reads_each_clip_once(recipe_checkpoint, shards, tmp_path):
+    result = linear_probe.run(
+        [
+            "--config",
+            str(CONFIGS / "linear_probe.yaml"),
+            *data_args(shards, tmp_path),
+            "--data.label_key=motion",
+            f"--data.classes={shards / 'classes.json'}",
+            f"--model.init_from={recipe_checkpoint}",
+        ],
+        linear_probe.ProbeSettings(epochs=5, weight_decays=(0.0, 0.1)),
+    )
+    assert result["train_clips"] == 12 and result["test_clips"] == 8  # every clip once, whatever samples_per_epoch
+    assert result["chance_top1"] == pytest.approx(1 / 3) and 0 <= result["top1"] <= result["top5"] == 1.0
+    assert result["weight_decay"] in (0.0, 0.1) and not (tmp_path / "lightning_logs").exists()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vfm.cli import main as cli
+from vfm.eval import linear_probe
 
 SUMMARY = Path("outputs/demo/summary.json")
 # every entry is tested on the held-out shards right after its fit: validating the same shards during the fit
@@ -44,17 +45,22 @@ INIT_FROM = {
 }
 # name -> the entry whose checkpoint is its frozen teacher (``--model.teacher``): the post-pretrained model teaches
 TEACHER_FROM = {"umt": "post_pretrain", "umt_multimodal": "post_pretrain"}
-# name -> {prefix: overrides} of linear probes (configs/linear_probe.yaml) of the entry's own encoder; the probe
-# reads the token map on an 8 x 4 x 4 grid (a mean-pooled vector of a CLS-free student drops where things move)
+# name -> {prefix: (whose encoder, overrides)} of linear probes (configs/linear_probe.yaml, features extracted
+# once: vfm.eval.linear_probe): "self" probes the entry's own checkpoint, "init" the checkpoint it starts from.
+# The UMT probes read the token map on an 8 x 4 x 4 grid (a mean-pooled vector of a CLS-free student drops where
+# things move); the fine-tune's probe reads the post-pretrained encoder it starts from.
 GRID_PROBE = ["--model.features=grid", "--model.grid_size=[8, 4]"]
 PROBES = {
-    "umt": {"probe": ["--data.label_key=motion", *GRID_PROBE], "probe_shape": ["--data.label_key=shape", *GRID_PROBE]}
+    "finetune_classification": {"linear_probe": ("init", [])},
+    "umt": {
+        "probe": ("self", ["--data.label_key=motion", *GRID_PROBE]),
+        "probe_shape": ("self", ["--data.label_key=shape", *GRID_PROBE]),
+    },
 }
+PROBE_KEYS = ("top1", "top5", "chance_top1", "majority_top1", "train_seconds")
 # the BERT vocabulary of the UMT stage-2 entries (configs/demo/umt_multimodal.yaml), trained on the corpus
 WORDPIECE = Path("data/tokenizers/synthetic-wordpiece")
 WORDPIECE_SHARDS = ["data/shards/synthetic/clips/train-*.tar", "data/shards/synthetic/images/train-*.tar"]
-# name -> runs reported inside its entry with their keys prefixed (same init): {prefix: recipe config}
-VARIANTS = {"finetune_classification": {"linear_probe": "linear_probe.yaml"}}
 # name -> command-line overrides on top of its two configs (variants of one recipe)
 # umt_no_teacher: the umt_multimodal student and data, no teacher, as many steps as umt + umt_multimodal
 # (80 stage-1 steps + 240 stage-2 steps = 320 steps: 5120 video samples, each batch followed by an image batch)
@@ -64,11 +70,9 @@ ENTRY_ARGS = {
 }
 
 
-def run_entry(name: str, extra: list[str], variant: str | None = None) -> dict:
+def run_entry(name: str, extra: list[str]) -> dict:
     recipe, keys = ENTRIES[name]
-    if variant is not None:
-        recipe = VARIANTS[name][variant]
-    root = f"outputs/demo/{name}" + (f"/{variant}" if variant else "")
+    root = f"outputs/demo/{name}"
     configs = ["--config", str(CONFIGS / recipe), "--config", str(CONFIGS / "demo" / recipe)]
     start = time.perf_counter()
     fit = cli(["fit", *configs, f"--trainer.default_root_dir={root}", *NO_VALIDATION, *extra])
@@ -108,14 +112,11 @@ def _checkpoint_of(source: str, name: str, summary: dict) -> str:
     return checkpoint
 
 
-def run_probe(name: str, prefix: str, checkpoint: str, extra: list[str]) -> dict:
-    """A linear probe of an entry's encoder: ``{prefix}_top1`` and ``{prefix}_chance_top1``."""
+def run_probe(prefix: str, checkpoint: str, extra: list[str]) -> dict:
+    """A linear probe of a checkpoint's encoder on features extracted once: ``{prefix}_top1`` and the rest."""
     configs = ["--config", str(CONFIGS / "linear_probe.yaml"), "--config", str(CONFIGS / "demo" / "linear_probe.yaml")]
-    args = [*configs, f"--trainer.default_root_dir=outputs/demo/{name}/{prefix}", f"--model.init_from={checkpoint}"]
-    fit = cli(["fit", *args, *NO_VALIDATION, *extra])
-    tested = cli(["test", *args, f"--ckpt_path={fit.trainer.checkpoint_callback.last_model_path}", *extra])
-    metrics = tested.trainer.callback_metrics
-    return {f"{prefix}_{key}": round(float(metrics[f"test/{key}"]), 4) for key in ("top1", "chance_top1")}
+    result = linear_probe.run([*configs, f"--model.init_from={checkpoint}", *extra])
+    return {f"{prefix}_{key}": round(float(result[key]), 4) for key in PROBE_KEYS}
 
 
 def probe_chance(entry: dict) -> dict:
@@ -171,12 +172,10 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         prepare(name)
         summary[name] = run_entry(name, [*entry_args(name, summary), *extra])
-        for prefix, probe_args in PROBES.get(name, {}).items():
-            summary[name] |= run_probe(name, prefix, summary[name]["checkpoint"], [*probe_args, *extra])
+        for prefix, (source, probe_args) in PROBES.get(name, {}).items():
+            encoder = summary[name]["checkpoint"] if source == "self" else summary[INIT_FROM[name]]["checkpoint"]
+            summary[name] |= run_probe(prefix, encoder, [*probe_args, *extra])
         summary[name] |= probe_chance(summary[name])
-        for variant in VARIANTS.get(name, {}):  # e.g. the linear probe beside the fine-tune, from the same init
-            result = run_entry(name, [*entry_args(name, summary), *extra], variant)
-            summary[name] |= {f"{variant}_{key}": value for key, value in result.items() if key != "checkpoint"}
         summary[name]["seconds"] = round(time.perf_counter() - start, 1)  # all of it: inputs, fit, tests, probes
         total += summary[name]["seconds"]
         write_summary(summary)  # after each entry, so a later failure loses nothing

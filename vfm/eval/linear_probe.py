@@ -1,0 +1,173 @@
+"""Linear probe on features extracted once (CLIP's protocol): the frozen encoder reads each training clip once,
+without augmentation, and a linear classifier is fitted on the stored features.
+
+``python -m vfm.eval.linear_probe --config configs/linear_probe.yaml --model.init_from path/to/last.ckpt``
+reads the same configs as the Lightning probe (``fit`` with ``linear_probe: true``, which re-decodes and augments
+every clip each epoch) and prints the test metrics as JSON. On the demo's post-pretrained encoder the Lightning
+probe spends about 60 s decoding 1920 clips three times (top-1 0.555); this one decodes the 2000 training clips
+once and reaches 0.58 in about 22 s (``make demo`` uses it; docs/BENCHMARKS.md).
+
+The classifier: AdamW with a cosine schedule on minibatches of standardised features; its weight decay is chosen
+on a fifth of the training clips held out, then it is refitted on all of them. The test clips choose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0)  # AdamW's decoupled decay: lr x decay shrinks the weights each step
+
+
+@dataclass
+class ProbeSettings:
+    epochs: int = 30  # on the demo's features 100 gain at most 0.01 top-1 and take 3x as long
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decays: tuple[float, ...] = WEIGHT_DECAYS
+    holdout: float = 0.2
+    seed: int = 0
+
+
+@torch.no_grad()  # not inference_mode: the features are then ordinary tensors a user may train on
+def extract_features(features_fn, loader: DataLoader, prepare=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``features_fn(video) -> [B, D]`` over every batch of ``loader`` (after ``prepare(batch)``, e.g. the
+    datamodule's normalisation): (features [N, D] float32, labels [N])."""
+    features, labels = [], []
+    for batch in loader:
+        batch = prepare(batch) if prepare is not None else batch
+        features.append(features_fn(batch["video"]).float().cpu())
+        labels.append(batch["label"].cpu())
+    if not features:
+        raise ValueError("the probe's loader gave no batches: check its shards")
+    return torch.cat(features), torch.cat(labels)
+
+
+def fit_linear_head(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, settings: ProbeSettings
+) -> nn.Module:
+    """A linear classifier (standardisation folded in) trained with AdamW + cosine on the given features."""
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    head = nn.Linear(features.shape[1], num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    generator = torch.Generator().manual_seed(settings.seed)
+    normalised = (features - mean) / std
+    steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
+    total = settings.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            loss = F.cross_entropy(head(normalised[rows]), labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return _fold_standardisation(head, mean, std)
+
+
+def _fold_standardisation(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
+    """The same classifier on raw features: W (x - m) / s + b = (W / s) x + (b - W m / s)."""
+    folded = nn.Linear(head.in_features, head.out_features)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        folded.bias.copy_(head.bias - (head.weight / std) @ mean)
+    return folded
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+
+
+def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: ProbeSettings):
+    """The weight decay with the best top-1 on a held-out fifth of the training features (ties: the smallest)."""
+    if len(settings.weight_decays) == 1:
+        return settings.weight_decays[0], {}
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
+    cut = max(1, int(len(labels) * settings.holdout))
+    held, kept = order[:cut], order[cut:]
+    scores = {}
+    for decay in settings.weight_decays:
+        head = fit_linear_head(features[kept], labels[kept], num_classes, decay, settings)
+        with torch.no_grad():
+            scores[decay] = accuracy(head(features[held]), labels[held])
+    return max(scores, key=lambda decay: (scores[decay], -decay)), scores
+
+
+def probe(
+    features_fn,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    num_classes: int,
+    settings: ProbeSettings,
+    prepare=None,
+) -> dict:
+    """Extract, choose the weight decay, fit on all training features, and test: a dict of figures."""
+    start = time.perf_counter()
+    train_x, train_y = extract_features(features_fn, train_loader, prepare)
+    decay, scores = choose_weight_decay(train_x, train_y, num_classes, settings)
+    head = fit_linear_head(train_x, train_y, num_classes, decay, settings)
+    train_seconds = time.perf_counter() - start
+    test_x, test_y = extract_features(features_fn, test_loader, prepare)
+    with torch.no_grad():
+        logits = head(test_x)
+    counts = torch.bincount(test_y, minlength=num_classes)
+    return {
+        "top1": accuracy(logits, test_y, 1),
+        "top5": accuracy(logits, test_y, 5),
+        "chance_top1": 1 / num_classes,
+        "majority_top1": counts.max().item() / len(test_y),
+        "weight_decay": decay,
+        "holdout_top1": scores,
+        "train_clips": len(train_y),
+        "test_clips": len(test_y),
+        "train_seconds": train_seconds,
+    }
+
+
+def run(args: list[str], settings: ProbeSettings | None = None) -> dict:
+    """The probe of ``--model.init_from``'s encoder, configured like ``vfm.cli fit --config configs/linear_probe.yaml``.
+
+    Training features come from one pass over ``data.train_shards`` with the evaluation transform (no crops,
+    middle frames); test features from ``data.test_shards`` (default: the validation shards).
+    """
+    from vfm.cli import main as cli
+    from vfm.data.samples import load_classes
+
+    parsed = cli([*args, "--trainer.logger=false"], run=False)  # nothing is logged or checkpointed
+    module, data = parsed.model, parsed.datamodule
+    if not getattr(module.hparams, "linear_probe", False) or not module.hparams.get("init_from"):
+        raise ValueError("the cached linear probe needs a VideoClassification with linear_probe: true and init_from")
+    classes = load_classes(data.hparams.classes, data.hparams.label_key)
+    if not data.hparams.label_key or not classes:
+        raise ValueError("a probe needs labels: set data.label_key and data.classes")
+    if module.head is None:
+        module.class_names = classes
+        module._build_head(len(classes))
+    module.setup("fit")  # loads the init_from encoder
+    module.eval()
+    train_loader = data._loader(data.eval_dataset(data.hparams.train_shards))
+    test_loader = data.test_dataloader()
+    prepare = lambda batch: data.on_after_batch_transfer(batch, 0)  # noqa: E731
+    return probe(module.features, train_loader, test_loader, len(classes), settings or ProbeSettings(), prepare)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    result = run(argv)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
