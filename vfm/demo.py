@@ -116,7 +116,7 @@ def run_probe(prefix: str, checkpoint: str, extra: list[str]) -> dict:
     """A linear probe of a checkpoint's encoder on features extracted once: ``{prefix}_top1`` and the rest."""
     configs = ["--config", str(CONFIGS / "linear_probe.yaml"), "--config", str(CONFIGS / "demo" / "linear_probe.yaml")]
     result = linear_probe.run([*configs, f"--model.init_from={checkpoint}", *extra])
-    return {f"{prefix}_{key}": round(float(result[key]), 4) for key in PROBE_KEYS}
+    return {f"{prefix}_{key}": round(float(result[key]), 1 if key.endswith("seconds") else 4) for key in PROBE_KEYS}
 
 
 def probe_chance(entry: dict) -> dict:

@@ -9,21 +9,26 @@ once and reaches 0.58 in about 22 s (``make demo`` uses it; docs/BENCHMARKS.md).
 
 The classifier: AdamW with a cosine schedule on minibatches of standardised features; its weight decay is chosen
 on a fifth of the training clips held out, then it is refitted on all of them. The test clips choose nothing.
+Its settings are `ProbeSettings` (``--probe.epochs 100``, ``--probe.lr``, ``--probe.batch_size`` on the command
+line), not the recipe's ``model.lr`` / ``trainer.max_epochs``. Features are extracted on the trainer's device in its
+precision (``--trainer.accelerator gpu`` works), in one process: under torchrun every rank would repeat the work.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0)  # AdamW's decoupled decay: lr x decay shrinks the weights each step
+# AdamW's decoupled decay: each step shrinks the weights by lr x decay (at lr 1e-2, 10 takes a tenth a step)
+WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass
@@ -39,11 +44,19 @@ class ProbeSettings:
 @torch.no_grad()  # not inference_mode: the features are then ordinary tensors a user may train on
 def extract_features(features_fn, loader: DataLoader, prepare=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``features_fn(video) -> [B, D]`` over every batch of ``loader`` (after ``prepare(batch)``, e.g. the
-    datamodule's normalisation): (features [N, D] float32, labels [N])."""
+    datamodule's normalisation): (features [N, D] float32, labels [N]). A multi-view batch [B, V, T, C, H, W]
+    (``data.test_clips`` x ``data.test_crops``) gives each clip the mean of its views' features."""
     features, labels = [], []
     for batch in loader:
         batch = prepare(batch) if prepare is not None else batch
-        features.append(features_fn(batch["video"]).float().cpu())
+        video = batch["video"]
+        if video.ndim == 6:
+            views = video.shape[1]
+            out = features_fn(video.flatten(0, 1)).float()
+            out = out.view(video.shape[0], views, -1).mean(1)
+        else:
+            out = features_fn(video).float()
+        features.append(out.cpu())
         labels.append(batch["label"].cpu())
     if not features:
         raise ValueError("the probe's loader gave no batches: check its shards")
@@ -54,7 +67,10 @@ def fit_linear_head(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, settings: ProbeSettings
 ) -> nn.Module:
     """A linear classifier (standardisation folded in) trained with AdamW + cosine on the given features."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    if len(labels) < 2:
+        raise ValueError(f"a linear probe needs at least 2 training clips, got {len(labels)}")
+    mean, std = features.mean(0), features.std(0)
+    std = torch.where(std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std))  # constant: left as is
     head = nn.Linear(features.shape[1], num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -94,6 +110,8 @@ def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classe
     """The weight decay with the best top-1 on a held-out fifth of the training features (ties: the smallest)."""
     if len(settings.weight_decays) == 1:
         return settings.weight_decays[0], {}
+    if len(labels) < 4:
+        raise ValueError(f"choosing the weight decay holds out a fifth of the clips: {len(labels)} are too few")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
     cut = max(1, int(len(labels) * settings.holdout))
     held, kept = order[:cut], order[cut:]
@@ -140,13 +158,15 @@ def run(args: list[str], settings: ProbeSettings | None = None) -> dict:
     """The probe of ``--model.init_from``'s encoder, configured like ``vfm.cli fit --config configs/linear_probe.yaml``.
 
     Training features come from one pass over ``data.train_shards`` with the evaluation transform (no crops,
-    middle frames); test features from ``data.test_shards`` (default: the validation shards).
+    middle frames); test features from ``data.test_shards`` (default: the validation shards). ``--probe.<field>``
+    arguments set `ProbeSettings` fields.
     """
     from vfm.cli import main as cli
     from vfm.data.samples import load_classes
 
+    args, settings = _probe_arguments(list(args), settings or ProbeSettings())
     parsed = cli([*args, "--trainer.logger=false"], run=False)  # nothing is logged or checkpointed
-    module, data = parsed.model, parsed.datamodule
+    module, data, trainer = parsed.model, parsed.datamodule, parsed.trainer
     if not getattr(module.hparams, "linear_probe", False) or not module.hparams.get("init_from"):
         raise ValueError("the cached linear probe needs a VideoClassification with linear_probe: true and init_from")
     classes = load_classes(data.hparams.classes, data.hparams.label_key)
@@ -156,15 +176,46 @@ def run(args: list[str], settings: ProbeSettings | None = None) -> dict:
         module.class_names = classes
         module._build_head(len(classes))
     module.setup("fit")  # loads the init_from encoder
-    module.eval()
+    device = trainer.strategy.root_device
+    module.to(device).eval()
+
+    def prepare(batch: dict) -> dict:
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        return data.on_after_batch_transfer(batch, 0)
+
+    def features(video: torch.Tensor) -> torch.Tensor:
+        with trainer.precision_plugin.forward_context():  # bf16 autocast where the trainer runs bf16-mixed
+            return module.features(video)
+
     train_loader = data._loader(data.eval_dataset(data.hparams.train_shards))
-    test_loader = data.test_dataloader()
-    prepare = lambda batch: data.on_after_batch_transfer(batch, 0)  # noqa: E731
-    return probe(module.features, train_loader, test_loader, len(classes), settings or ProbeSettings(), prepare)
+    return probe(features, train_loader, data.test_dataloader(), len(classes), settings, prepare)
+
+
+def _probe_arguments(args: list[str], settings: ProbeSettings) -> tuple[list[str], ProbeSettings]:
+    """``--probe.epochs 100`` / ``--probe.lr=1e-3`` taken out of ``args`` into a copy of ``settings``."""
+    types = {field.name: field.type for field in fields(ProbeSettings)}
+    values, rest, index = {}, [], 0
+    while index < len(args):
+        token = args[index]
+        if not token.startswith("--probe."):
+            rest.append(token)
+            index += 1
+            continue
+        name, _, value = token[len("--probe.") :].partition("=")
+        if not value:
+            index += 1
+            if index == len(args):
+                raise ValueError(f"{token} needs a value")
+            value = args[index]
+        if name not in types or name == "weight_decays":
+            raise ValueError(f"unknown probe setting {name!r}: use one of {sorted(set(types) - {'weight_decays'})}")
+        values[name] = int(value) if types[name] in (int, "int") else float(value)
+        index += 1
+    return rest, ProbeSettings(**{**vars(settings), **values})
 
 
 def main(argv: list[str] | None = None) -> dict:
-    result = run(argv)
+    result = run(sys.argv[1:] if argv is None else list(argv))
     print(json.dumps(result, indent=1))
     return result
 
