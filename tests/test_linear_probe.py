@@ -10,6 +10,7 @@ from vfm.eval.linear_probe import (
     choose_weight_decay,
     extract_features,
     fit_linear_head,
+    fit_linear_heads,
 )
 
 SETTINGS = ProbeSettings(epochs=30, batch_size=64)
@@ -40,6 +41,18 @@ def test_head_is_the_same_classifier_under_any_per_feature_scale_and_shift():
     plain = fit_linear_head(x, y, 4, 0.1, SETTINGS)(test_x)
     moved = fit_linear_head(x * scale + shift, y, 4, 0.1, SETTINGS)(test_x * scale + shift)
     torch.testing.assert_close(moved, plain, atol=1e-3, rtol=1e-3)  # standardised inside, folded back out
+
+
+def test_heads_fitted_together_equal_separate_fits():
+    x, y = clusters(300)
+    y[::3] = torch.randint(4, (100,), generator=torch.Generator().manual_seed(2))
+    decays = (0.0, 1.0, 10.0)
+    together = fit_linear_heads(x, y, 4, decays, SETTINGS)
+    for decay, head in zip(decays, together):
+        alone = fit_linear_head(x, y, 4, decay, SETTINGS)
+        torch.testing.assert_close(head.weight, alone.weight, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(head.bias, alone.bias, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(together[0].weight, together[2].weight)  # the decays did act
 
 
 def test_constant_features_are_left_unscaled():

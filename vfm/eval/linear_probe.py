@@ -65,31 +65,50 @@ def extract_features(features_fn, loader: DataLoader, prepare=None) -> tuple[tor
 
 def fit_linear_head(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, settings: ProbeSettings
-) -> nn.Module:
+) -> nn.Linear:
     """A linear classifier (standardisation folded in) trained with AdamW + cosine on the given features."""
+    return fit_linear_heads(features, labels, num_classes, (weight_decay,), settings)[0]
+
+
+def fit_linear_heads(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    weight_decays: tuple[float, ...],
+    settings: ProbeSettings,
+) -> list[nn.Linear]:
+    """One classifier per weight decay, trained together: each minibatch is gathered once and scored by every
+    head in one matmul; the summed loss gives each head exactly its own gradient (no parameter is shared) and
+    AdamW's per-parameter update with its own decay, so each equals a separate fit (tests check it)."""
     if len(labels) < 2:
         raise ValueError(f"a linear probe needs at least 2 training clips, got {len(labels)}")
     mean, std = features.mean(0), features.std(0)
     std = torch.where(std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std))  # constant: left as is
-    head = nn.Linear(features.shape[1], num_classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    heads = [nn.Linear(features.shape[1], num_classes) for _ in weight_decays]
+    for head in heads:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
     generator = torch.Generator().manual_seed(settings.seed)
     normalised = (features - mean) / std
     steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=weight_decay)
+    groups = [{"params": head.parameters(), "weight_decay": decay} for head, decay in zip(heads, weight_decays)]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), settings.batch_size):
             rows = order[start : start + settings.batch_size]
-            loss = F.cross_entropy(head(normalised[rows]), labels[rows])
+            weight = torch.cat([head.weight for head in heads])  # [heads x classes, D]
+            bias = torch.cat([head.bias for head in heads])
+            logits = F.linear(normalised[rows], weight, bias).view(len(rows), len(heads), num_classes)
+            target = labels[rows, None].expand(-1, len(heads))
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum") / len(rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-    return _fold_standardisation(head, mean, std)
+    return [_fold_standardisation(head, mean, std) for head in heads]
 
 
 def _fold_standardisation(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
@@ -115,10 +134,10 @@ def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classe
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
     cut = max(1, int(len(labels) * settings.holdout))
     held, kept = order[:cut], order[cut:]
+    heads = fit_linear_heads(features[kept], labels[kept], num_classes, settings.weight_decays, settings)
     scores = {}
-    for decay in settings.weight_decays:
-        head = fit_linear_head(features[kept], labels[kept], num_classes, decay, settings)
-        with torch.no_grad():
+    with torch.no_grad():
+        for decay, head in zip(settings.weight_decays, heads):
             scores[decay] = accuracy(head(features[held]), labels[held])
     return max(scores, key=lambda decay: (scores[decay], -decay)), scores
 
