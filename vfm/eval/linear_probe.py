@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from vfm.recipes.optim import warmup_cosine
 
 # AdamW's decoupled decay: each step shrinks the weights by lr x decay (at lr 1e-2, 10 takes a tenth a step)
 WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -94,7 +97,7 @@ def fit_linear_heads(
     total = settings.epochs * steps_per_epoch
     groups = [{"params": head.parameters(), "weight_decay": decay} for head, decay in zip(heads, weight_decays)]
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 0))
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), settings.batch_size):
@@ -121,8 +124,15 @@ def _fold_standardisation(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    """Top-k accuracy (k capped at the class count, as the classification recipe's ``top5``)."""
+    classes = logits.shape[1]
+    return multiclass_accuracy(logits, labels, classes, top_k=min(k, classes), average="micro").item()
+
+
+def majority_top1(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Top-1 of always answering the most frequent class of ``labels`` (0 for no labels)."""
+    counts = torch.bincount(labels.long(), minlength=num_classes)
+    return counts.max() / counts.sum().clamp_min(1)
 
 
 def choose_weight_decay(features: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: ProbeSettings):
@@ -159,12 +169,11 @@ def probe(
     test_x, test_y = extract_features(features_fn, test_loader, prepare)
     with torch.no_grad():
         logits = head(test_x)
-    counts = torch.bincount(test_y, minlength=num_classes)
     return {
         "top1": accuracy(logits, test_y, 1),
         "top5": accuracy(logits, test_y, 5),
         "chance_top1": 1 / num_classes,
-        "majority_top1": counts.max().item() / len(test_y),
+        "majority_top1": majority_top1(test_y, num_classes).item(),
         "weight_decay": decay,
         "holdout_top1": scores,
         "train_clips": len(train_y),

@@ -22,6 +22,7 @@ from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vfm.data.samples import load_classes
+from vfm.eval.linear_probe import majority_top1
 from vfm.models import VideoViT
 from vfm.models.convert import ConvertedWeights, strip_prefix
 from vfm.models.heads import head_feature_dim, head_features
@@ -217,8 +218,7 @@ class VideoClassification(L.LightningModule):
             f"{stage}/chance_top1": torch.tensor(1.0 / self.hparams.num_classes),
         }
         if stage == "test":
-            counts = torch.bincount(self.test_labels.compute().long(), minlength=self.hparams.num_classes)
-            metrics[f"{stage}/majority_top1"] = counts.max() / counts.sum().clamp_min(1)
+            metrics[f"{stage}/majority_top1"] = majority_top1(self.test_labels.compute(), self.hparams.num_classes)
             self.test_labels.reset()
         else:
             metrics[f"{stage}/loss"] = self.val_loss.compute()
