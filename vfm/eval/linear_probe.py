@@ -189,27 +189,25 @@ def run(args: list[str], settings: ProbeSettings | None = None) -> dict:
     middle frames); test features from ``data.test_shards`` (default: the validation shards). ``--probe.<field>``
     arguments set `ProbeSettings` fields.
     """
+    from lightning.pytorch.utilities import move_data_to_device
+
     from vfm.cli import main as cli
-    from vfm.data.samples import load_classes
+    from vfm.recipes.finetune import datamodule_classes
 
     args, settings = _probe_arguments(list(args), settings or ProbeSettings())
     parsed = cli([*args, "--trainer.logger=false"], run=False)  # nothing is logged or checkpointed
     module, data, trainer = parsed.model, parsed.datamodule, parsed.trainer
     if not getattr(module.hparams, "linear_probe", False) or not module.hparams.get("init_from"):
         raise ValueError("the cached linear probe needs a VideoClassification with linear_probe: true and init_from")
-    classes = load_classes(data.hparams.classes, data.hparams.label_key)
-    if not data.hparams.label_key or not classes:
-        raise ValueError("a probe needs labels: set data.label_key and data.classes")
+    classes = datamodule_classes(data)  # the probe needs a class list even where the recipe has num_classes
     if module.head is None:
-        module.class_names = classes
-        module._build_head(len(classes))
+        module.build_head_for(classes)
     module.setup("fit")  # loads the init_from encoder
     device = trainer.strategy.root_device
     module.to(device).eval()
 
     def prepare(batch: dict) -> dict:
-        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-        return data.on_after_batch_transfer(batch, 0)
+        return data.on_after_batch_transfer(move_data_to_device(batch, device), 0)
 
     def features(video: torch.Tensor) -> torch.Tensor:
         with trainer.precision_plugin.forward_context():  # bf16 autocast where the trainer runs bf16-mixed

@@ -126,22 +126,15 @@ class VideoClassification(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.head is None:
-            self.class_names = self._datamodule_classes()
-            self._build_head(len(self.class_names))
+            self.build_head_for(datamodule_classes(getattr(self.trainer, "datamodule", None)))
         if stage == "fit" and self.hparams.init_from:
             self._load_init(self._init_weights or load_init_weights(self.hparams.init_from))
             self._init_weights = None  # the full checkpoint is not kept in memory
 
-    def _datamodule_classes(self) -> list[str]:
-        data = getattr(self.trainer, "datamodule", None)
-        hparams = getattr(data, "hparams", {})
-        classes = load_classes(hparams.get("classes"), hparams.get("label_key"))
-        if not hparams.get("label_key") or not classes:
-            raise ValueError(
-                "classification needs labels: set data.label_key and data.classes (a class list file), "
-                "or model.num_classes with integer labels"
-            )
-        return classes
+    def build_head_for(self, classes: list[str]) -> None:
+        """A new head over these class names (``setup`` gives it the datamodule's class list)."""
+        self.class_names = list(classes)
+        self._build_head(len(self.class_names))
 
     def _load_init(self, weights: ConvertedWeights) -> None:
         prefix = self.hparams.init_prefix
@@ -259,3 +252,15 @@ class VideoClassification(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("classes")
+
+
+def datamodule_classes(data: L.LightningDataModule | None) -> list[str]:
+    """The class names of a datamodule with ``label_key`` and ``classes`` set; a clear error otherwise."""
+    hparams = getattr(data, "hparams", {})
+    classes = load_classes(hparams.get("classes"), hparams.get("label_key"))
+    if not hparams.get("label_key") or not classes:
+        raise ValueError(
+            "classification needs labels: set data.label_key and data.classes (a class list file), "
+            "or model.num_classes with integer labels"
+        )
+    return classes
