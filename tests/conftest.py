@@ -37,6 +37,10 @@ def write_shards(directory: Path, samples: list[dict], per_shard: int, prefix: s
     return names
 
 
+# the post-pretraining recipe at test size (configs/post_pretrain.yaml plus these): the model the CLI tests train
+TINY_POST_PRETRAIN = ["--model.model=vit-tiny-test", "--model.num_frames=4", "--model.fusion_heads=4"]
+
+
 def tiny_run_args(samples_per_epoch: int = 16, context_length: int | None = 32, root: Path | None = None) -> list[str]:
     """Command-line data and trainer arguments of a tiny CPU run: 4 frames of 32 px, batch 4, no data workers,
     fp32, no progress bar (and ``--data.context_length`` / ``--trainer.default_root_dir`` when given)."""

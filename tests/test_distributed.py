@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TrainingStep, clip_sample, write_shards
+from conftest import TINY_POST_PRETRAIN, TrainingStep, clip_sample, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
@@ -53,7 +53,7 @@ def test_ddp_command_line_on_two_cpu_processes(uneven_shards, tmp_path):
         "-m", "vfm.cli", "fit", "--config", str(ROOT / "configs/post_pretrain.yaml"),
         "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config", str(overlay),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_epochs", "1",
-        "--model.model", "vit-tiny-test", "--model.num_frames", "4", "--model.fusion_heads", "4",
+        *TINY_POST_PRETRAIN,
         "--data.train_shards", str(uneven_shards / "train/train-*.tar"), "--data.resampled", "false",
         "--data.val_shards", str(uneven_shards / "val/val-*.tar"), "--data.eval_batch_size", "2",
         "--data.num_frames", "4", "--data.image_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",

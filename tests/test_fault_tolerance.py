@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import clip_sample, tiny_run_args, write_shards
+from conftest import TINY_POST_PRETRAIN, clip_sample, tiny_run_args, write_shards
 
 from vfm.fault_tolerance import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard
 from vfm.recipes.optim import warmup_cosine
@@ -138,7 +138,7 @@ def cli_command(shards: Path, root: Path, *extra: str, delay: float = 0.3) -> li
     return [
         sys.executable, "-m", "vfm.cli", "fit", "--config", str(ROOT / "configs/post_pretrain.yaml"),
         "--config", str(overlay),
-        "--model.model", "vit-tiny-test", "--model.num_frames", "4", "--model.fusion_heads", "4",
+        *TINY_POST_PRETRAIN,
         "--model.lr", str(LR), "--model.warmup", str(WARMUP),
         "--data.train_shards", str(shards / "train-*.tar"), "--data.val_shards", "null",
         *tiny_run_args(root=root),

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import clip_sample, tiny_run_args, write_shards
+from conftest import TINY_POST_PRETRAIN, clip_sample, tiny_run_args, write_shards
 from safetensors.torch import load_file
 
 import vfm
@@ -24,16 +24,7 @@ TINY_DATA = tiny_run_args(samples_per_epoch=8)
 # recipe -> its config and the tiny-model arguments of a 2-step fit; a recipe joins the init_from and export
 # tests by adding its entry here (all recipes key their video tower as `video.`)
 RECIPES = {
-    "post_pretrain": [
-        "--config",
-        str(CONFIGS / "post_pretrain.yaml"),
-        "--model.model",
-        "vit-tiny-test",
-        "--model.num_frames",
-        "4",
-        "--model.fusion_heads",
-        "4",
-    ],
+    "post_pretrain": ["--config", str(CONFIGS / "post_pretrain.yaml"), *TINY_POST_PRETRAIN],
 }
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import clip_sample, tiny_run_args, write_shards
+from conftest import TINY_POST_PRETRAIN, clip_sample, tiny_run_args, write_shards
 
 from vfm.cli import main
 from vfm.recipes.post_pretrain import PostPretrain
@@ -120,12 +120,7 @@ def test_fit_then_test_through_the_cli(recipe_shards, tmp_path):
     common = [
         "--config",
         str(CONFIGS / "post_pretrain.yaml"),
-        "--model.model",
-        "vit-tiny-test",
-        "--model.num_frames",
-        "4",
-        "--model.fusion_heads",
-        "4",
+        *TINY_POST_PRETRAIN,
         "--data.train_shards",
         str(recipe_shards / "train-*.tar"),
         "--data.val_shards",
