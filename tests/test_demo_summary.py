@@ -3,11 +3,12 @@
 import io
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from vfm import demo
+from vfm import demo, demo_lanes
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def fake_runs(tmp_path, monkeypatch):
 
 
 def test_entries_start_from_the_checkpoints_named_in_the_summary(fake_runs, tmp_path):
-    summary = demo.main(["--only", "post_pretrain", "finetune_classification", "umt"])
+    summary = demo.main(["--jobs", "1", "--only", "post_pretrain", "finetune_classification", "umt"])
     finetune = [extra for name, _, extra in fake_runs if name in ("finetune_classification", "linear_probe")]
     assert len(finetune) == 2  # the fine-tune and the linear probe of the encoder it starts from
     assert all(f"--model.init_from={tmp_path / 'post_pretrain.ckpt'}" in extra for extra in finetune)
@@ -53,6 +54,8 @@ def test_entries_start_from_the_checkpoints_named_in_the_summary(fake_runs, tmp_
 def test_an_entry_without_its_source_checkpoint_stops_with_the_command_to_run(fake_runs, tmp_path):
     with pytest.raises(SystemExit, match="--only post_pretrain finetune_classification"):
         demo.main(["--only", "finetune_classification"])
+    with pytest.raises(SystemExit, match="--only post_pretrain finetune_classification"):  # also side by side
+        demo.main(["--jobs", "2", "--only", "finetune_classification", "umt"])
     assert not (tmp_path / "summary.json").exists()
 
 
@@ -63,6 +66,48 @@ def test_table_lists_every_entry_and_the_total_minutes():
     assert "t2v_r1 0.0703" in out and "top1 0.5000" in out
     total = next(line for line in out.splitlines() if "all entries" in line)
     assert total.rstrip(" │").endswith("3.0")  # 60 s + 120 s
+    assert "wall clock" not in out
+    demo.print_table({"a": {"seconds": 60.0}}, console, wall_seconds=90.0)
+    wall = next(line for line in console.export_text().splitlines() if "wall clock" in line)
+    assert wall.rstrip(" │").endswith("1.5")
+
+
+def test_side_by_side_entries_run_as_children_and_merge_in_entry_order(tmp_path, monkeypatch):
+    """`--jobs 2`: each entry is a `python -m vfm.demo --only NAME` child with its thread count and log; the
+    parent merges the result each child writes, in ENTRIES order, and records the run's wall clock."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "SUMMARY", tmp_path / "outputs/demo/summary.json")
+    monkeypatch.setattr(demo, "prepare", lambda name: None)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 4)
+    children = []
+
+    class Child:  # writes its result the way `--result` does, and has exited by the first poll
+        def __init__(self, command, stdout, stderr, env):
+            name, result = command[-1], Path(command[command.index("--result") + 1])
+            children.append((name, command, env["OMP_NUM_THREADS"], stdout.name))
+            checkpoint = tmp_path / f"{name}.ckpt"
+            checkpoint.write_text("weights")
+            result.write_text(json.dumps({"top1": 0.5, "checkpoint": str(checkpoint), "seconds": 60.0}))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Child)
+    monkeypatch.setattr(demo_lanes.time, "sleep", lambda seconds: None)
+    names = ["finetune_classification", "umt", "post_pretrain"]
+    summary = demo.main(["--jobs", "2", "--only", *names, "--trainer.max_steps", "3"])
+    assert [name for name, *_ in children] == ["post_pretrain", "umt", "finetune_classification"]
+    assert {name: threads for name, _, threads, _ in children} == {
+        "post_pretrain": "4", "umt": "2", "finetune_classification": "2"
+    }  # fmt: skip
+    for name, command, _, log in children:
+        assert command[1:3] == ["-m", "vfm.demo"] and command[-2:] == ["--only", name]
+        assert ["--trainer.max_steps", "3"] == command[-4:-2]  # user arguments pass through
+        assert log == f"outputs/demo/{name}/demo.log"
+    assert list(summary) == ["post_pretrain", "finetune_classification", "umt"]  # ENTRIES order
+    assert json.loads(demo.SUMMARY.read_text()) == summary
+    run = json.loads((tmp_path / "outputs/demo/run.json").read_text())
+    assert run["jobs"] == 2 and run["failed"] == {} and run["wall_seconds"] >= 0
 
 
 def test_fits_skip_validation_and_user_arguments_come_last(monkeypatch):

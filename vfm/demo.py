@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from vfm.cli import main as cli
+from vfm.demo_lanes import run_lanes
 from vfm.eval import linear_probe
 
 SUMMARY = Path("outputs/demo/summary.json")
@@ -91,13 +95,7 @@ def entry_args(name: str, summary: dict) -> list[str]:
     args = list(ENTRY_ARGS.get(name, []))
     source = INIT_FROM.get(name)
     if source is not None:
-        checkpoint = summary.get(source, {}).get("checkpoint")
-        if not checkpoint or not Path(checkpoint).is_file():
-            raise SystemExit(
-                f"demo entry {name!r} starts from the {source!r} checkpoint, which {SUMMARY} does not name: "
-                f"run `python -m vfm.demo --only {source} {name}`"
-            )
-        args.append(f"--model.init_from={checkpoint}")
+        args.append(f"--model.init_from={_checkpoint_of(source, name, summary)}")
     if name in TEACHER_FROM:
         args.append(f"--model.teacher={_checkpoint_of(TEACHER_FROM[name], name, summary)}")
     return args
@@ -107,7 +105,8 @@ def _checkpoint_of(source: str, name: str, summary: dict) -> str:
     checkpoint = summary.get(source, {}).get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():
         raise SystemExit(
-            f"demo entry {name!r} needs the {source!r} checkpoint: run `python -m vfm.demo --only {source}` first"
+            f"demo entry {name!r} needs the {source!r} checkpoint, which {SUMMARY} does not name: "
+            f"run `python -m vfm.demo --only {source} {name}`"
         )
     return checkpoint
 
@@ -146,9 +145,10 @@ TABLE_KEYS = (
 )  # fmt: skip
 
 
-def print_table(summary: dict, console: Console | None = None) -> None:
-    """One row per entry: its headline figures in one wrapped cell, so the table fits a terminal; the last
-    row adds up the minutes of every entry in the summary (also those kept from earlier runs)."""
+def print_table(summary: dict, console: Console | None = None, wall_seconds: float | None = None) -> None:
+    """One row per entry: its headline figures in one wrapped cell, so the table fits a terminal; then a row
+    adding up the minutes of every entry in the summary (also those kept from earlier runs; entries that ran side
+    by side count each) and, given ``wall_seconds``, one with this run's wall-clock minutes."""
     table = Table(title="vfm demo: held-out synthetic clips", show_lines=True)
     table.add_column("entry", no_wrap=True)
     table.add_column("figures")
@@ -159,28 +159,117 @@ def print_table(summary: dict, console: Console | None = None) -> None:
         table.add_row(name, figures, minutes)
     if summary and all("seconds" in entry for entry in summary.values()):
         table.add_row("all entries", "", f"{sum(entry['seconds'] for entry in summary.values()) / 60:.1f}")
+    if wall_seconds is not None:
+        table.add_row("this run, wall clock", "", f"{wall_seconds / 60:.1f}")
     (console or Console()).print(table)
+
+
+def merge_entry(summary: dict, name: str, entry: dict) -> dict:
+    """The summary with ``entry`` under ``name``, entries in ``ENTRIES`` order (others after), written at once."""
+    summary = {**summary, name: entry}
+    order = {key: i for i, key in enumerate(ENTRIES)}
+    summary = dict(sorted(summary.items(), key=lambda item: order.get(item[0], len(order))))
+    write_summary(summary)  # after each entry, so a later failure loses nothing
+    return summary
+
+
+def run_entries(names: list[str], extra: list[str], result: Path | None = None) -> dict:
+    """Runs ``names`` one after the other in this process; each entry's figures go to the summary when it ends
+    (or, for a child of `run_parallel`, to ``result``, which the parent merges)."""
+    summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+    for name in names:
+        start = time.perf_counter()
+        prepare(name)
+        entry = run_entry(name, [*entry_args(name, summary), *extra])
+        for prefix, (source, probe_args) in PROBES.get(name, {}).items():
+            encoder = entry["checkpoint"] if source == "self" else summary[INIT_FROM[name]]["checkpoint"]
+            entry |= run_probe(prefix, encoder, [*probe_args, *extra])
+        entry |= probe_chance(entry)
+        entry["threads"] = torch.get_num_threads()
+        entry["seconds"] = round(time.perf_counter() - start, 1)  # all of it: inputs, fit, tests, probes
+        if result is not None:
+            result.write_text(json.dumps(entry))
+            summary = {**summary, name: entry}
+        else:
+            summary = merge_entry(summary, name, entry)
+    return summary
+
+
+# the order entries start in when several run at once (longest chains first); post_pretrain has both cores
+SCHEDULE = (
+    "post_pretrain", "umt", "umt_no_teacher", "umt_multimodal", "finetune_classification", "long_video",
+    "long_video_frame",
+)  # fmt: skip
+ALONE = {"post_pretrain"}  # its target is on the whole machine (at most 8 minutes on 2 cores)
+
+
+def run_parallel(names: list[str], jobs: int, extra: list[str]) -> tuple[dict, dict[str, str]]:
+    """Runs ``names`` as child processes (``python -m vfm.demo --only NAME``), ``jobs`` at a time, each once the
+    entries it starts from are done, its output in ``outputs/demo/NAME/demo.log``; merges each into the summary
+    as it ends. Returns the summary and the entries that failed (with why)."""
+    summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+    depends = {name: {INIT_FROM.get(name), TEACHER_FROM.get(name)} - {None} for name in names}
+    for name in names:  # a source outside this run must be in the summary already: say so before anything runs
+        for source in depends[name] - set(names):
+            _checkpoint_of(source, name, summary)
+    for name in names:  # inputs shared by entries (the stage-2 vocabulary) are made once, before any child starts
+        prepare(name)
+    started: dict[str, float] = {}
+    state = {"summary": summary}
+
+    def launch(name: str, threads: int) -> subprocess.Popen:
+        root = Path(f"outputs/demo/{name}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "demo_result.json").unlink(missing_ok=True)
+        command = [sys.executable, "-m", "vfm.demo", "--jobs", "1", "--result", str(root / "demo_result.json")]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with open(root / "demo.log", "w") as log:
+            process = subprocess.Popen([*command, *extra, "--only", name], stdout=log, stderr=log, env=env)
+        started[name] = time.perf_counter()
+        print(f"{name}: started, {threads} thread(s), log {root / 'demo.log'}", flush=True)
+        return process
+
+    def finished(name: str) -> None:
+        entry = json.loads(Path(f"outputs/demo/{name}/demo_result.json").read_text())
+        state["summary"] = merge_entry(state["summary"], name, entry)
+        print(f"{name}: done in {(time.perf_counter() - started[name]) / 60:.1f} min", flush=True)
+
+    order = [name for name in SCHEDULE if name in names] + [name for name in names if name not in SCHEDULE]
+    failed = run_lanes(order, jobs, depends, ALONE, launch, finished, cores=os.cpu_count() or 1)
+    for name, why in failed.items():
+        log = Path(f"outputs/demo/{name}/demo.log")
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
+        print(f"{name} failed ({why}); the end of {log}:", *tail, sep="\n", file=sys.stderr)
+    return state["summary"], failed
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", choices=sorted(ENTRIES), default=list(ENTRIES))
+    parser.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+        help="entries run at once, each in its own process with cores / jobs threads (post_pretrain alone)",
+    )  # fmt: skip
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # a child of run_parallel writes here
     args, extra = parser.parse_known_args(argv)
-    summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
-    total = 0.0
-    for name in args.only:
-        start = time.perf_counter()
-        prepare(name)
-        summary[name] = run_entry(name, [*entry_args(name, summary), *extra])
-        for prefix, (source, probe_args) in PROBES.get(name, {}).items():
-            encoder = summary[name]["checkpoint"] if source == "self" else summary[INIT_FROM[name]]["checkpoint"]
-            summary[name] |= run_probe(prefix, encoder, [*probe_args, *extra])
-        summary[name] |= probe_chance(summary[name])
-        summary[name]["seconds"] = round(time.perf_counter() - start, 1)  # all of it: inputs, fit, tests, probes
-        total += summary[name]["seconds"]
-        write_summary(summary)  # after each entry, so a later failure loses nothing
-    print_table(summary)
-    print(f"wrote {SUMMARY}: {len(args.only)} entries in {total / 60:.1f} min")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    start = time.perf_counter()
+    if args.jobs > 1 and len(args.only) > 1:
+        summary, failed = run_parallel(args.only, args.jobs, extra)
+    else:
+        summary, failed = run_entries(args.only, extra, args.result), {}
+    if args.result is not None:
+        return summary
+    wall = time.perf_counter() - start
+    run = {"wall_seconds": round(wall, 1), "jobs": args.jobs, "entries": args.only, "failed": failed}
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.with_name("run.json").write_text(json.dumps(run, indent=2))  # this run's wall clock, beside the figures
+    print_table(summary, wall_seconds=wall)
+    done = len(args.only) - len(failed)
+    print(f"wrote {SUMMARY}: {done} entries in {wall / 60:.1f} min (wall clock, {args.jobs} at a time)")
+    if failed:
+        raise SystemExit("demo entries failed: " + "; ".join(f"{name}: {why}" for name, why in failed.items()))
     return summary
 
 
