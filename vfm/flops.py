@@ -59,6 +59,32 @@ def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 5, device: 
     return 2 * size**3 / best
 
 
+def block_matmul_rate(
+    rows: int, width: int, mlp_width: int, dtype: torch.dtype, repeats: int = 3, device: str | torch.device = "cpu"
+) -> float:
+    """FLOP/s of the matmuls of one transformer block's linear layers at ``rows`` tokens (qkv, output projection,
+    MLP in and out; each forward product and its two backward products), best of ``repeats``: what a training
+    step made of nothing but these could reach, against ``matmul_peak``'s square 4096 x 4096."""
+    shapes = [(width, 3 * width), (width, width), (width, mlp_width), (mlp_width, width)]
+    products = []
+    for d_in, d_out in shapes:  # y = x W (rows x d_in @ d_in x d_out); dx = dy W^T; dW = x^T dy
+        products += [(rows, d_in, d_out), (rows, d_out, d_in), (d_in, rows, d_out)]
+    operands = [
+        (torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device))
+        for m, k, n in products
+    ]
+    flops = sum(2 * m * k * n for m, k, n in products)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        _synchronize(device)
+        start = time.perf_counter()
+        for a, b in operands:
+            a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
 def _synchronize(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
