@@ -74,7 +74,15 @@ def clips_per_second(backend: str, clips: list[bytes], repeats: int, num_frames:
 
 
 def run(repeats: int = 3, num_frames: int = 8, size: int = 224) -> dict:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core each, as data workers run
+    try:
+        return _measure(repeats, num_frames, size)
+    finally:  # `make bench` runs the step benchmarks next, in this process, on every core
+        torch.set_num_threads(threads)
+
+
+def _measure(repeats: int, num_frames: int, size: int) -> dict:
     clips = make_clips()
     detail, totals = {}, {}
     for name, group in clips.items():
