@@ -83,3 +83,34 @@ def test_a_result_that_cannot_be_merged_counts_as_failed():
 def test_jobs_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         run_lanes("a", 0, {}, set(), None, None, cores=2)
+
+
+def test_children_that_ignore_terminate_are_killed_after_the_grace_period():
+    from vfm.demo_lanes import _stop
+
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    stubborn = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # its handler is set
+    start = time.perf_counter()
+    _stop([stubborn], grace_seconds=0.5)
+    assert stubborn.poll() is not None and time.perf_counter() - start < 30
+
+
+def test_sigterm_to_the_parent_stops_the_children_and_restores_the_handler():
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    slow = {}
+
+    def launch(name, threads):
+        seconds = 60 if name == "slow" else 0.01
+        slow[name] = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        return slow[name]
+
+    def finished(name):  # a `kill` of the parent while "slow" still runs
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(SystemExit, match="signal"):
+        run_lanes(["slow", "quick"], 2, {}, set(), launch, finished, cores=2, poll_seconds=0.02)
+    assert slow["slow"].poll() is not None and signal.getsignal(signal.SIGTERM) == before

@@ -54,7 +54,7 @@ def test_entries_start_from_the_checkpoints_named_in_the_summary(fake_runs, tmp_
 def test_an_entry_without_its_source_checkpoint_stops_with_the_command_to_run(fake_runs, tmp_path):
     with pytest.raises(SystemExit, match="--only post_pretrain finetune_classification"):
         demo.main(["--only", "finetune_classification"])
-    with pytest.raises(SystemExit, match="--only post_pretrain finetune_classification"):  # also side by side
+    with pytest.raises(SystemExit, match="--only post_pretrain umt`"):  # also side by side, before anything runs
         demo.main(["--jobs", "2", "--only", "finetune_classification", "umt"])
     assert not (tmp_path / "summary.json").exists()
 
@@ -78,12 +78,16 @@ def test_side_by_side_entries_run_as_children_and_merge_in_entry_order(tmp_path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(demo, "SUMMARY", tmp_path / "outputs/demo/summary.json")
     monkeypatch.setattr(demo, "prepare", lambda name: None)
-    monkeypatch.setattr(demo.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(demo, "usable_cores", lambda: 4)
     children = []
 
     class Child:  # writes its result the way `--result` does, and has exited by the first poll
         def __init__(self, command, stdout, stderr, env):
             name, result = command[-1], Path(command[command.index("--result") + 1])
+            summary = json.loads(demo.SUMMARY.read_text()) if demo.SUMMARY.is_file() else {}
+            for source in (demo.INIT_FROM.get(name), demo.TEACHER_FROM.get(name)):
+                if source:  # the entry it starts from is done and in the summary before it starts
+                    assert Path(summary[source]["checkpoint"]).is_file()
             children.append((name, command, env["OMP_NUM_THREADS"], stdout.name))
             checkpoint = tmp_path / f"{name}.ckpt"
             checkpoint.write_text("weights")
@@ -94,7 +98,7 @@ def test_side_by_side_entries_run_as_children_and_merge_in_entry_order(tmp_path,
 
     monkeypatch.setattr(demo.subprocess, "Popen", Child)
     monkeypatch.setattr(demo_lanes.time, "sleep", lambda seconds: None)
-    names = ["finetune_classification", "umt", "post_pretrain"]
+    names = ["finetune_classification", "umt", "post_pretrain", "umt"]  # any order, repeats run once
     summary = demo.main(["--jobs", "2", "--only", *names, "--trainer.max_steps", "3"])
     assert [name for name, *_ in children] == ["post_pretrain", "umt", "finetune_classification"]
     assert {name: threads for name, _, threads, _ in children} == {

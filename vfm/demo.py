@@ -234,26 +234,40 @@ def run_parallel(names: list[str], jobs: int, extra: list[str]) -> tuple[dict, d
         state["summary"] = merge_entry(state["summary"], name, entry)
         print(f"{name}: done in {(time.perf_counter() - started[name]) / 60:.1f} min", flush=True)
 
-    order = [name for name in SCHEDULE if name in names] + [name for name in names if name not in SCHEDULE]
-    failed = run_lanes(order, jobs, depends, ALONE, launch, finished, cores=os.cpu_count() or 1)
+    failed = run_lanes(names, jobs, depends, ALONE, launch, finished, cores=usable_cores())
     for name, why in failed.items():
         log = Path(f"outputs/demo/{name}/demo.log")
+        if name not in started:  # skipped: its log, if any, is an earlier run's
+            print(f"{name}: {why}", file=sys.stderr)
+            continue
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
         print(f"{name} failed ({why}); the end of {log}:", *tail, sep="\n", file=sys.stderr)
     return state["summary"], failed
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's share), not every CPU of the host."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def scheduled(names: list[str]) -> list[str]:
+    """``names`` once each, in ``SCHEDULE`` order: every entry after the ones it starts from."""
+    names = list(dict.fromkeys(names))
+    return [name for name in SCHEDULE if name in names] + [name for name in names if name not in SCHEDULE]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", choices=sorted(ENTRIES), default=list(ENTRIES))
     parser.add_argument(
-        "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+        "--jobs", type=int, default=min(2, usable_cores()),
         help="entries run at once, each in its own process with cores / jobs threads (post_pretrain alone)",
     )  # fmt: skip
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # a child of run_parallel writes here
     args, extra = parser.parse_known_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    args.only = scheduled(args.only)
     start = time.perf_counter()
     if args.jobs > 1 and len(args.only) > 1:
         summary, failed = run_parallel(args.only, args.jobs, extra)

@@ -8,7 +8,9 @@ thread instead of stalling two (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -34,6 +36,7 @@ def run_lanes(
     needs = {name: set(depends.get(name, ())) & set(pending) for name in pending}  # others are done already
     running: dict[str, subprocess.Popen] = {}
     failed: dict[str, str] = {}
+    on_term = _raise_on_sigterm()
     try:
         while pending or running:
             _start_ready(pending, running, failed, needs, jobs, alone, launch, max(1, cores // jobs), cores)
@@ -55,11 +58,36 @@ def run_lanes(
                 except Exception as error:  # e.g. its result file is missing: count it failed, keep the others
                     failed[name] = f"{type(error).__name__}: {error}"
     finally:
-        for process in running.values():
-            process.terminate()
-        for process in running.values():
-            process.wait()
+        _stop(running.values())
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
     return failed
+
+
+def _raise_on_sigterm():
+    """A SIGTERM (a cancelled CI job, `timeout`, `kill`) raises SystemExit here, so the children are stopped too;
+    returns the handler it replaced (None where handlers cannot be set: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}")
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _stop(processes: Iterable[subprocess.Popen], grace_seconds: float = 30.0) -> None:
+    """Terminates the processes still running, then kills those that have not exited within ``grace_seconds``."""
+    processes = [process for process in processes if process.poll() is None]
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _start_ready(pending, running, failed, needs, jobs, alone, launch, shared_threads, cores) -> None:
