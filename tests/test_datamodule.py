@@ -1,5 +1,6 @@
 import collections
 import json
+import os
 
 import numpy as np
 import pytest
@@ -179,3 +180,23 @@ def test_eval_sampling_is_deterministic(clip_shards):
     assert torch.equal(first, second)
     assert isinstance(dm.val_dataloader(), DataLoader)
     assert np.isfinite(first.float().mean().item())
+
+
+class _Niceness(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield os.nice(0)
+
+
+def test_worker_nice_lowers_the_data_workers_priority_only():
+    import functools
+
+    from vfm.data.datamodule import lower_priority
+
+    own = os.nice(0)
+    loader = VideoTextDataModule(num_workers=1, worker_nice=5)._loader(_Niceness())
+    assert [int(value) for value in loader] == [min(own + 5, 19)]
+    assert os.nice(0) == own  # the training process keeps its priority
+    assert VideoTextDataModule(num_workers=0, worker_nice=5)._loader(_Niceness()).worker_init_fn is None
+    assert isinstance(loader.worker_init_fn, functools.partial) and loader.worker_init_fn.args == (5,)
+    lower_priority(0, worker_id=0)  # 0 changes nothing
+    assert os.nice(0) == own

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from typing import Any, Literal
 
 import lightning as L
@@ -20,6 +22,12 @@ from vfm.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize
 log = logging.getLogger(__name__)
 
 ShardSpec = str | list[str] | None
+
+
+def lower_priority(nice: int, worker_id: int) -> None:
+    """``worker_init_fn``: raises this worker's niceness by ``nice`` (nothing where the OS has no ``nice``)."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 class VideoTextDataModule(L.LightningDataModule):
@@ -44,6 +52,9 @@ class VideoTextDataModule(L.LightningDataModule):
         resampled: draw training shards with replacement (any shard count works); without it each reader
             cycles through its own shards, which needs at least ranks x workers shards.
         seed: seeds shard order, frame sampling and crops together with epoch, rank, worker and resumes.
+        worker_nice: added to the data workers' niceness (Unix), so that where they share cores with the training
+            threads (a CPU run) the OS runs the training first and decodes in the gaps, instead of stalling a
+            team of OpenMP threads whenever a worker takes one of their cores. 0 leaves the priority alone.
         image_shards, image_batch_size: an image-text training stream whose batches (1-frame clips) alternate
             with the video batches step by step (UMT stage 2); as many image batches as video batches per
             epoch, ``samples_per_epoch`` counting the video samples.
@@ -81,6 +92,7 @@ class VideoTextDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = OPENAI_CLIP_STD,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
+        worker_nice: int = 0,
         image_shards: ShardSpec = None,
         image_batch_size: int | None = None,
     ) -> None:
@@ -132,6 +144,7 @@ class VideoTextDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
             prefetch_factor=self.hparams.prefetch_factor if workers > 0 else None,
+            worker_init_fn=functools.partial(lower_priority, self.hparams.worker_nice) if workers > 0 else None,
         )
 
     # ---- Lightning hooks -------------------------------------------------------------------------
