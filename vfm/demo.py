@@ -74,9 +74,14 @@ ENTRY_ARGS = {
 }
 
 
+def entry_dir(name: str) -> Path:
+    """Where an entry's runs, its log and its result (side by side) go: ``outputs/demo/<name>``."""
+    return Path("outputs/demo", name)
+
+
 def run_entry(name: str, extra: list[str]) -> dict:
     recipe, keys = ENTRIES[name]
-    root = f"outputs/demo/{name}"
+    root = entry_dir(name)
     configs = ["--config", str(CONFIGS / recipe), "--config", str(CONFIGS / "demo" / recipe)]
     start = time.perf_counter()
     fit = cli(["fit", *configs, f"--trainer.default_root_dir={root}", *NO_VALIDATION, *extra])
@@ -131,6 +136,10 @@ def prepare(name: str) -> None:
         train_wordpiece(shard_captions(WORDPIECE_SHARDS), WORDPIECE, vocab_size=512)
 
 
+def read_summary() -> dict:
+    return json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+
+
 def write_summary(summary: dict) -> None:
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     tmp = SUMMARY.with_suffix(".json.tmp")
@@ -176,7 +185,7 @@ def merge_entry(summary: dict, name: str, entry: dict) -> dict:
 def run_entries(names: list[str], extra: list[str], result: Path | None = None) -> dict:
     """Runs ``names`` one after the other in this process; each entry's figures go to the summary when it ends
     (or, for a child of `run_parallel`, to ``result``, which the parent merges)."""
-    summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+    summary = read_summary()
     for name in names:
         start = time.perf_counter()
         prepare(name)
@@ -207,7 +216,7 @@ def run_parallel(names: list[str], jobs: int, extra: list[str]) -> tuple[dict, d
     """Runs ``names`` as child processes (``python -m vfm.demo --only NAME``), ``jobs`` at a time, each once the
     entries it starts from are done, its output in ``outputs/demo/NAME/demo.log``; merges each into the summary
     as it ends. Returns the summary and the entries that failed (with why)."""
-    summary = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {}
+    summary = read_summary()
     depends = {name: {INIT_FROM.get(name), TEACHER_FROM.get(name)} - {None} for name in names}
     for name in names:  # a source outside this run must be in the summary already: say so before anything runs
         for source in depends[name] - set(names):
@@ -217,31 +226,35 @@ def run_parallel(names: list[str], jobs: int, extra: list[str]) -> tuple[dict, d
     started: dict[str, float] = {}
     state = {"summary": summary}
 
+    def result(name: str) -> Path:
+        return entry_dir(name) / "demo_result.json"
+
+    def log(name: str) -> Path:
+        return entry_dir(name) / "demo.log"
+
     def launch(name: str, threads: int) -> subprocess.Popen:
-        root = Path(f"outputs/demo/{name}")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "demo_result.json").unlink(missing_ok=True)
-        command = [sys.executable, "-m", "vfm.demo", "--jobs", "1", "--result", str(root / "demo_result.json")]
+        entry_dir(name).mkdir(parents=True, exist_ok=True)
+        result(name).unlink(missing_ok=True)
+        command = [sys.executable, "-m", "vfm.demo", "--jobs", "1", "--result", str(result(name))]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        with open(root / "demo.log", "w") as log:
-            process = subprocess.Popen([*command, *extra, "--only", name], stdout=log, stderr=log, env=env)
+        with open(log(name), "w") as output:
+            process = subprocess.Popen([*command, *extra, "--only", name], stdout=output, stderr=output, env=env)
         started[name] = time.perf_counter()
-        print(f"{name}: started, {threads} thread(s), log {root / 'demo.log'}", flush=True)
+        print(f"{name}: started, {threads} thread(s), log {log(name)}", flush=True)
         return process
 
     def finished(name: str) -> None:
-        entry = json.loads(Path(f"outputs/demo/{name}/demo_result.json").read_text())
+        entry = json.loads(result(name).read_text())
         state["summary"] = merge_entry(state["summary"], name, entry)
         print(f"{name}: done in {(time.perf_counter() - started[name]) / 60:.1f} min", flush=True)
 
     failed = run_lanes(names, jobs, depends, ALONE, launch, finished, cores=usable_cores())
     for name, why in failed.items():
-        log = Path(f"outputs/demo/{name}/demo.log")
         if name not in started:  # skipped: its log, if any, is an earlier run's
             print(f"{name}: {why}", file=sys.stderr)
             continue
-        tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
-        print(f"{name} failed ({why}); the end of {log}:", *tail, sep="\n", file=sys.stderr)
+        tail = log(name).read_text(errors="replace").splitlines()[-15:] if log(name).is_file() else []
+        print(f"{name} failed ({why}); the end of {log(name)}:", *tail, sep="\n", file=sys.stderr)
     return state["summary"], failed
 
 
