@@ -193,6 +193,34 @@ def test_evaluation_masking_is_repeatable_and_uses_the_swapped_caption():
     assert torch.equal(encoded[1], data["swapped_text"])
 
 
+
+def test_trailing_padding_changes_no_loss_or_gradient():
+    """Captions are cut to the batch's longest before the causal text tower: the same loss and gradients as
+    the whole context, also for the hard-negative captions."""
+    data = batch()
+    padded = dict(data)
+    for key in ("text", "swapped_text", "reverse_text"):  # 20 more padding columns, masked out
+        padded[key] = torch.cat([data[key], torch.zeros(4, 20, dtype=torch.long)], 1)
+        padded[f"{key}_mask"] = padded[key] != 0
+    results = []
+    for inputs in (data, padded):
+        torch.manual_seed(0)
+        recipe = tiny_recipe(context_length=32, hard_negative_weight=1.0, drop_ratio=0.5)
+        widths = []
+        recipe.text.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+        torch.manual_seed(1)  # the same token draw for both
+        loss = recipe.training_step(inputs, 0)
+        loss.backward()
+        results.append((loss.detach(), recipe.text.transformer.resblocks[0].attn.in_proj_weight.grad.clone()))
+        assert widths == [9, 9]  # captions and hard negatives end at column 9 (the EOT at 8): the padding is cut
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    recipe.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            recipe.encode_text(padded["text"], padded["text_mask"]), recipe.text(padded["text"]).embedding
+        )
+
 def long_sample(index: int, seconds: int, fps: int = 2) -> dict:
     frames = numbered_frames(seconds * fps, seed=index)
     meta = {
