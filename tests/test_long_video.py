@@ -206,8 +206,8 @@ def test_trailing_padding_changes_no_loss_or_gradient():
     for inputs in (data, padded):
         torch.manual_seed(0)
         recipe = tiny_recipe(context_length=32, hard_negative_weight=1.0, drop_ratio=0.5)
-        widths = []
-        recipe.text.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+        widths: list[int] = []
+        recipe.text.register_forward_pre_hook(lambda module, args, seen=widths: seen.append(args[0].shape[1]))
         torch.manual_seed(1)  # the same token draw for both
         loss = recipe.training_step(inputs, 0)
         loss.backward()
