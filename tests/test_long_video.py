@@ -193,7 +193,6 @@ def test_evaluation_masking_is_repeatable_and_uses_the_swapped_caption():
     assert torch.equal(encoded[1], data["swapped_text"])
 
 
-
 def test_trailing_padding_changes_no_loss_or_gradient():
     """Captions are cut to the batch's longest before the causal text tower: the same loss and gradients as
     the whole context, also for the hard-negative captions."""
@@ -220,6 +219,7 @@ def test_trailing_padding_changes_no_loss_or_gradient():
         torch.testing.assert_close(
             recipe.encode_text(padded["text"], padded["text_mask"]), recipe.text(padded["text"]).embedding
         )
+
 
 def long_sample(index: int, seconds: int, fps: int = 2) -> dict:
     frames = numbered_frames(seconds * fps, seed=index)
