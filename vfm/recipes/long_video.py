@@ -161,7 +161,8 @@ class LongVideoContrastive(VideoTextRecipe):
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         return self.video(video, self._eval_keep(video))
 
-    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        # long captions vary in length (4-12 events): the causal tower skips the padding after the longest one
         return self.text(self.text.trim_padding(text, text_mask)[0]).embedding
 
     def _eval_keep(self, video: torch.Tensor) -> torch.Tensor | None:
@@ -180,17 +181,13 @@ class LongVideoContrastive(VideoTextRecipe):
         h = self.hparams
         both = append_reversed_clips(batch, h.reverse_negatives)
         video_embedding = self.video(both.video, paired_keep_indices(self.video, both.video, both.size))
-        # long captions vary in length (4-12 events): the causal tower skips the padding after the longest one
-        text_embedding = self.text(self.text.trim_padding(both.text, both.text_mask)[0]).embedding
+        text_embedding = self.encode_text(both.text, both.text_mask)
         vtc = self.vtc(video_embedding, text_embedding, caption_ids(both.captions, both.text.device))
         loss = vtc
         logs = {"train/vtc": vtc, "train/temperature": 1 / self.vtc.logit_scale().detach()}
         if h.hard_negative_weight > 0:
             negative_text = hard_negative_text(batch)
-            negatives = None
-            if negative_text is not None:
-                negative_mask = batch.get("swapped_text_mask" if "swapped_text" in batch else "reverse_text_mask")
-                negatives = self.text(self.text.trim_padding(negative_text, negative_mask)[0]).embedding
+            negatives = self.encode_text(*negative_text) if negative_text is not None else None
             scale = self.vtc.logit_scale()
             hard = time_order_loss(both.size, video_embedding, text_embedding, scale, negatives)
             if hard is not None:

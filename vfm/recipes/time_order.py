@@ -71,9 +71,12 @@ def paired_keep_indices(video_tower: VideoViT, video: torch.Tensor, size: int) -
     return torch.cat([keep, mirror_keep_indices(keep[: video.shape[0] - size], frames, patches)])
 
 
-def hard_negative_text(batch: dict) -> torch.Tensor | None:
-    """Token ids of each clip's hard negative caption: events swapped, else time-reversed, else None."""
-    return batch.get("swapped_text", batch.get("reverse_text"))
+def hard_negative_text(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Token ids and mask of each clip's hard negative caption: events swapped, else time-reversed, else None."""
+    for key in ("swapped_text", "reverse_text"):
+        if key in batch:
+            return batch[key], batch.get(f"{key}_mask")
+    return None
 
 
 def time_order_loss(
