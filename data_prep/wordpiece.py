@@ -42,12 +42,12 @@ def shard_captions(patterns: list[str]) -> Iterator[str]:
 
 def train_wordpiece(captions: Iterator[str] | list[str], out_dir: str | Path, vocab_size: int = 512) -> Path:
     """A lower-casing BERT WordPiece tokenizer of exactly `vocab_size` entries, saved to `out_dir`."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(captions, trainer)
+    captions = list(captions)
+    trained = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    trained.train_from_iterator(
+        captions, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    )
+    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(_canonical_vocab(trained, captions), unk_token="[UNK]")))
     missing = vocab_size - tokenizer.get_vocab_size()
     if missing < 0:
         raise RuntimeError(f"trained {tokenizer.get_vocab_size()} entries for vocab_size {vocab_size}")
@@ -60,6 +60,27 @@ def train_wordpiece(captions: Iterator[str] | list[str], out_dir: str | Path, vo
     out = Path(out_dir)
     wrapped.save_pretrained(str(out))
     return out
+
+
+def _bert_pipeline(tokenizer: Tokenizer) -> Tokenizer:
+    """BERT's uncased normaliser, pre-tokeniser and WordPiece decoder around ``tokenizer``'s model."""
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def _canonical_vocab(trained: Tokenizer, captions: list[str]) -> dict[str, int]:
+    """The trained vocabulary reduced to what makes it tokenise: the specials, every single character (alone and as
+    ``##`` continuation, for words never seen) and every entry the captions are encoded with; ids in that order,
+    each part sorted. HF's trainer breaks ties between equally frequent characters and merges by hash order, so
+    two trainings on the same captions differ in their ids and in intermediate pieces that no caption is encoded
+    with (the demo's stage-2 figures then changed from one clean run to the next); this does not."""
+    vocab = trained.get_vocab()
+    characters = {token for token in vocab if len(token.removeprefix("##")) == 1}
+    used = {token for encoding in trained.encode_batch(captions) for token in encoding.tokens}
+    rest = sorted((characters | used) - set(SPECIAL_TOKENS))
+    return {token: i for i, token in enumerate([*SPECIAL_TOKENS, *rest])}
 
 
 def _special_kwargs() -> dict[str, str]:

@@ -67,6 +67,21 @@ def test_wordpiece_vocabulary_has_the_exact_size_and_bert_specials(tokenizer_dir
     assert (tokenizer.pad_token_id, tokenizer.mask_token_id) == (0, 4)
 
 
+def test_wordpiece_training_is_deterministic_and_spells_out_unseen_words(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    vocabularies = []
+    for run in range(3):  # HF's trainer alone orders ties by hash: its ids and pieces differed between runs
+        folder = train_wordpiece(CAPTIONS * 4, tmp_path / str(run), vocab_size=512)
+        vocabularies.append(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    assert vocabularies[1] == vocabularies[0] and vocabularies[2] == vocabularies[0]
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "0"), local_files_only=True)
+    assert tokenizer.tokenize("a red circle moves") == ["a", "red", "circle", "moves"]  # every corpus word whole
+    assert tokenizer.unk_token not in tokenizer.tokenize("a green cat")  # unseen, spelt from the corpus's letters
+
+
 def test_bert_fusion_text_layers_ignore_video_and_fusion_layers_read_it():
     torch.manual_seed(0)
     bert = build_bert_fusion(TINY_BERT, fusion_layer=2, video_width=48).eval()
