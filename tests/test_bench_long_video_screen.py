@@ -50,6 +50,7 @@ def test_recall_is_scored_within_groups_of_40_and_order_both_ways():
     text = torch.arange(n)[:, None]
     val = {"video": video, "text": text, "text_mask": torch.ones_like(text), "swapped_text": SWAPPED + text}
     val["swapped_text_mask"] = val["text_mask"]
+    val["caption"] = [f"caption {i}" for i in range(n)]
     match = list(range(n))
     match[0] = 1  # caption 0 scores clip 1 highest: one miss in the first group of 40, none in the second
     model = OneHotModel(match)

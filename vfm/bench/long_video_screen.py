@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 from vfm.data.datamodule import VideoTextDataModule
 from vfm.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize
+from vfm.eval.retrieval import caption_positives, retrieval_metrics
+from vfm.eval.temporal import temporal_accuracy
 from vfm.models.video_vit import resample_temporal_embedding
 from vfm.recipes.layer_decay import build_adamw_layer_decay, vit_layer_id
 from vfm.recipes.long_video import LongVideoContrastive
@@ -97,37 +99,31 @@ def evaluate(model: LongVideoContrastive, val: dict, frames: torch.Tensor, batch
         swapped, mask = val["swapped_text"][i : i + batch_size], val["swapped_text_mask"][i : i + batch_size]
         parts["s"].append(model.encode_text(swapped, mask))
     v, rv, t, s = (F.normalize(torch.cat(parts[k]).float(), dim=-1) for k in ("v", "rv", "t", "s"))
-    recall = []
-    for start in range(0, len(v) - GROUP + 1, GROUP):
-        sim = t[start : start + GROUP] @ v[start : start + GROUP].T
-        recall.append(((sim > sim.diag()[:, None]).sum(1) == 0).float().mean().item())
-    positive = (v * t).sum(-1)
     model.train(was_training)
+    recall = []  # the recipe's own retrieval metric within each group: identical captions are all correct answers
+    for group in range(0, len(v) - GROUP + 1, GROUP):
+        captions = val["caption"][group : group + GROUP]
+        similarity = t[group : group + GROUP] @ v[group : group + GROUP].T
+        recall.append(retrieval_metrics(similarity, caption_positives(captions, captions))["t2v_r1"])
+    order = temporal_accuracy(v, t, reverse_text=s, reversed_video=rv)
     return {
         "r1_40": round(sum(recall) / len(recall), 3),
         "r1_first40": round(recall[0], 3),
-        "temporal_text_acc": round((positive > (v * s).sum(-1)).float().mean().item(), 3),
-        "temporal_video_acc": round((positive > (rv * t).sum(-1)).float().mean().item(), 3),
+        **{key: round(order[key], 3) for key in ("temporal_text_acc", "temporal_video_acc")},
     }
 
 
-def build(settings: dict, frames: int) -> LongVideoContrastive:
-    """The recipe at ``frames``, its towers from ``init`` (a vfm checkpoint, or a saved screen state)."""
-    init = settings["init"]
-    model = LongVideoContrastive(**{**BASE, **settings["recipe"], "num_frames": frames})
-    if Path(init).suffix == ".ckpt":
+def build(recipe: dict, frames: int, init: str | dict) -> LongVideoContrastive:
+    """The recipe (``BASE`` under ``recipe``) at ``frames``, its towers from ``init``: a vfm checkpoint, a state
+    saved by an earlier screen, or a state dict (its temporal embedding interpolated to ``frames``)."""
+    model = LongVideoContrastive(**{**BASE, **recipe, "num_frames": frames})
+    if isinstance(init, str) and Path(init).suffix == ".ckpt":
         model.init_towers(init)
-    else:
-        load_state(model, torch.load(init))
-    return model
-
-
-def load_state(model: LongVideoContrastive, state: dict) -> None:
-    state = dict(state)
-    state["video.temporal_embedding"] = resample_temporal_embedding(
-        state["video.temporal_embedding"], model.video.num_frames
-    )
+        return model
+    state = dict(torch.load(init) if isinstance(init, str) else init)
+    state["video.temporal_embedding"] = resample_temporal_embedding(state["video.temporal_embedding"], frames)
     model.load_state_dict(state)
+    return model
 
 
 def screen(name: str, settings: dict) -> dict:
@@ -136,9 +132,8 @@ def screen(name: str, settings: dict) -> dict:
     loop = {key: settings.pop(key, default) for key, default in LOOP.items()}
     if loop["init"] is None:
         raise SystemExit('give "init": a vfm checkpoint (e.g. the demo\'s post_pretrain last.ckpt) or a saved state')
-    run = {"init": loop["init"], "recipe": settings}
     torch.manual_seed(loop["seed"])
-    model = build(run, loop["frames"]).train()
+    model = build(settings, loop["frames"], loop["init"]).train()
     for param_name, param in model.named_parameters():
         if any(param_name.startswith(prefix) for prefix in loop["freeze"]):
             param.requires_grad_(False)
@@ -183,8 +178,7 @@ def screen(name: str, settings: dict) -> dict:
     result = {"name": name, "settings": {**loop, **settings}, "train_seconds": round(time.perf_counter() - start)}
     result["at_training_frames"] = evaluate(model, val, spread_frames(loop["frames"]))
     if loop["frames"] != FRAMES:  # the same weights at 128 frames, the temporal embedding interpolated
-        long = LongVideoContrastive(**{**BASE, **settings, "num_frames": FRAMES})
-        load_state(long, model.state_dict())
+        long = build(settings, FRAMES, model.state_dict())
         result["at_128_frames"] = evaluate(long, val, spread_frames(FRAMES))
     result["history"] = history
     if loop["save"]:
